@@ -1,0 +1,127 @@
+"""Image dataset for a folder in ImageNet layout, with TenCrop views and unreadable-image handling.
+
+Unreadable images are found in two places:
+- up front, by opening every file's header with PIL (cheap: no pixel decoding; catches empty, non-image and
+  header-truncated files; about 1.28M files in a few minutes with a thread pool, since the work is file I/O);
+- lazily, when decoding pixels fails (data truncated after a valid header): the item is replaced by the next
+  readable image and the file is recorded.
+Both are logged and appended to `bad_list_path`; more than `max_bad_fraction` of all files bad is an error.
+The lazy count is per process, so with DataLoader workers each worker enforces the fraction on its own.
+"""
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from PIL import Image
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from data.transforms import TenCropView, view_index
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ('.jpeg', '.jpg', '.png')  # torchvision matches them case-insensitively
+LAYOUT = '<root>/<split>/<class name>/*.{JPEG,jpg,jpeg,png}'
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImagesError(ValueError):
+    """Too many unreadable images in a dataset folder."""
+
+
+def scan_image_folder(root, split='train'):
+    """(classes sorted by name, [(path, label)]) for root/split; a ValueError naming the layout if unusable."""
+    folder = os.path.join(root, split)
+    for path in (root, folder):
+        if not os.path.isdir(path):
+            raise ValueError(f'data folder not found: {path} (expected the layout {LAYOUT})')
+    try:
+        classes, class_to_idx = find_classes(folder)
+        samples = make_dataset(folder, class_to_idx, extensions=EXTENSIONS)
+    except FileNotFoundError as e:
+        raise ValueError(f'no usable images in {folder}: {e} (expected the layout {LAYOUT})') from None
+    return classes, samples
+
+
+def _header_readable(path):
+    try:
+        with Image.open(path) as image:
+            return image.width > 0 and image.height > 0
+    except PIL_ERRORS:
+        return False
+
+
+def find_unreadable_images(paths):
+    """The paths whose image header PIL cannot parse (checked in a thread pool; order kept)."""
+    with ThreadPoolExecutor() as pool:
+        readable = list(pool.map(_header_readable, paths))
+    return [path for path, ok in zip(paths, readable) if not ok]
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """root/split/<class>/* images; item = (image, label, index).
+
+    image: (3, size, size) in [-1, 1], the TenCrop view `view_index(seed, epoch, index)`,
+    or (10, 3, size, size) with all views in TenCrop order if `all_views`.
+    Call set_epoch(epoch) before each epoch (workers must not be persistent, so they see it).
+    """
+
+    def __init__(self, root, size, split='train', seed=0, all_views=False, bad_list_path=None,
+                 max_bad_fraction=0.01):
+        self.folder = os.path.join(root, split)
+        self.classes, samples = scan_image_folder(root, split)
+        self.num_files = len(samples)
+        self.bad_list_path = bad_list_path
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_paths = {}  # path -> None, in the order found
+        self._record_bad(find_unreadable_images([path for path, _ in samples]))
+        self.samples = [(path, label) for path, label in samples if path not in self.bad_paths]
+        self.targets = [label for _, label in self.samples]
+        self.transform = TenCropView(size)
+        self.seed = seed
+        self.epoch = 0
+        self.all_views = all_views
+
+    def _record_bad(self, paths):
+        """Log and list unreadable files; raise once more than max_bad_fraction of all files are bad."""
+        paths = [path for path in paths if path not in self.bad_paths]
+        if not paths:
+            return
+        self.bad_paths.update(dict.fromkeys(paths))
+        num_bad = len(self.bad_paths)
+        log.warning('%d unreadable image(s) skipped under %s (total so far %d), e.g. %s',
+                    len(paths), self.folder, num_bad, paths[0])
+        if self.bad_list_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.bad_list_path)), exist_ok=True)
+            with open(self.bad_list_path, 'a') as f:
+                f.writelines(path + '\n' for path in paths)
+        if num_bad > self.max_bad_fraction * self.num_files:
+            where = f'; list in {self.bad_list_path}' if self.bad_list_path else ''
+            raise BadImagesError(
+                f'{num_bad} of {self.num_files} images under {self.folder} are unreadable '
+                f'(more than {self.max_bad_fraction:.0%}); first: {next(iter(self.bad_paths))}{where}')
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _load(self, index):
+        """(RGB PIL image, label) of `index`, or of the next readable image if its pixels do not decode."""
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            if path in self.bad_paths:
+                continue
+            try:
+                with Image.open(path) as image:
+                    return image.convert('RGB'), label
+            except PIL_ERRORS:
+                self._record_bad([path])
+        raise BadImagesError(f'no readable image left under {self.folder}')
+
+    def __getitem__(self, index):
+        image, label = self._load(index)
+        if self.all_views:
+            return self.transform.all_views(image), label, index  # (10, 3, size, size)
+        return self.transform(image, view=view_index(self.seed, self.epoch, index)), label, index

@@ -1,0 +1,99 @@
+"""Progressive checkerboard order, pyramid scales and block schedules (plain functions).
+
+A scale of side s holds n = s*s tokens. Tokens are generated in rank order; consecutive ranks are
+grouped into blocks that are drawn in parallel (one transformer pass per block).
+"""
+import math
+
+import numpy as np
+import torch
+
+SCAN_ORDERS = ('checkerboard', 'raster', 'random')
+
+
+def _pow2_checkerboard(side):
+    """Rank grid for a power-of-two side: quadrants TL, BR, TR, BL interleaved round-robin."""
+    ranks = torch.zeros(1, 1, dtype=torch.long)
+    while ranks.shape[0] < side:
+        h = ranks.shape[0]
+        grid = torch.empty(2 * h, 2 * h, dtype=torch.long)
+        # quadrant q's k-th element gets rank 4k + q
+        for q, (qy, qx) in enumerate(((0, 0), (1, 1), (0, 1), (1, 0))):
+            grid[qy * h:(qy + 1) * h, qx * h:(qx + 1) * h] = ranks * 4 + q
+        ranks = grid
+    return ranks
+
+
+def checkerboard_order(side):
+    """LongTensor (side, side): rank of each cell in the progressive checkerboard order."""
+    if side < 1:
+        raise ValueError(f'checkerboard_order: side must be >= 1, got {side}')
+    full = _pow2_checkerboard(1 << (side - 1).bit_length())
+    crop = full[:side, :side].reshape(-1)
+    return torch.argsort(torch.argsort(crop)).reshape(side, side)
+
+
+def scan_ranks(side, scan_order='checkerboard', seed=0):
+    """LongTensor (side, side) of ranks for a scan order: checkerboard, raster or a fixed random one."""
+    if scan_order == 'checkerboard':
+        return checkerboard_order(side)
+    if scan_order == 'raster':
+        return torch.arange(side * side).reshape(side, side)
+    if scan_order == 'random':
+        gen = torch.Generator().manual_seed(seed * 1000003 + side)
+        return torch.randperm(side * side, generator=gen).reshape(side, side)
+    raise ValueError(f"scan_order must be one of {SCAN_ORDERS}, got {scan_order!r}")
+
+
+def scale_sizes(img_size, stride, ratio, min_size=1):
+    """Token-grid sides of the pyramid, ascending (spec §2); sides < 1 are dropped."""
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 1 < ratio <= 1e6):
+        raise ValueError(f'scale_ratio must be a finite number > 1, got {ratio!r}')
+    top = img_size // stride
+    if top < 1:
+        raise ValueError(f'img_size {img_size} is smaller than the autoencoder stride {stride}')
+    if not 1 <= min_size <= top:
+        raise ValueError(f'scale_min_size must be in [1, {top}], got {min_size}')
+    sizes = [top]
+    while sizes[-1] > min_size:
+        sizes.append(sizes[-1] / ratio)
+    if sizes[-1] == 0:
+        sizes = sizes[:-1]
+    sizes.append(min_size)
+    return sorted({int(s) for s in np.round(sizes)} - {0})
+
+
+def sampling_block_sizes(n, steps_per_scale):
+    """Block sizes of one scale at sampling time: b = max(1, n // steps), the last block shorter."""
+    if steps_per_scale < 1:
+        raise ValueError(f'steps_per_scale must be >= 1, got {steps_per_scale}')
+    b = max(1, n // steps_per_scale)
+    return [b] * (n // b) + ([n % b] if n % b else [])
+
+
+def random_block_size(n, generator=None):
+    """Training block size: x ~ U[1, floor(sqrt n)]; x or n // x with p=0.5 each (no double-counted x)."""
+    mid = math.isqrt(n)
+    while True:
+        x = int(torch.randint(1, mid + 1, (1,), generator=generator))
+        if torch.rand(1, generator=generator).item() < 0.5:
+            return x
+        if x != mid or n % mid != 0:
+            return n // x
+
+
+def block_layout(n, block_size, fold_remainder=False):
+    """Block id and carried rank of every rank of a scale.
+
+    Returns (block_id, carried), LongTensors (n,): block_id[r] = r // block_size (the remainder joins
+    the last full block if fold_remainder), carried[r] = r - block_size, or -1 where the slot carries
+    the empty token (first block, folded remainder).
+    """
+    ranks = torch.arange(n)
+    block_id = ranks // block_size
+    carried = ranks - block_size
+    rem = n % block_size
+    if fold_remainder and rem and n > block_size:
+        block_id[n - rem:] = n // block_size - 1
+        carried[n - rem:] = -1
+    return block_id, carried.clamp_min(-1)
