@@ -121,30 +121,35 @@ class VQAutoencoder(nn.Module):
         return codes
 
 
-def read_autoencoder_config(config_path, overrides=None):
-    """`model.params` of a published autoencoder_config.yaml (with overrides) -> VQAutoencoder kwargs.
-
-    The `target` class path is read, never imported. Training-only params are left out."""
+def read_autoencoder_config(config_path):
+    """The parsed published autoencoder_config.yaml (a dict with `model: params:`)."""
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f'autoencoder config not found: {config_path}')
     with open(config_path) as f:
-        cfg = yaml.safe_load(f)
-    params = (cfg or {}).get('model', {}).get('params') if isinstance(cfg, dict) else None
+        return yaml.safe_load(f)
+
+
+def autoencoder_kwargs(config, source, overrides=None):
+    """`model.params` of a published autoencoder config (with overrides) -> VQAutoencoder kwargs.
+
+    The `target` class path is read, never imported. Training-only params are left out; source names
+    where the config came from in error messages."""
+    params = config.get('model', {}).get('params') if isinstance(config, dict) else None
     if not isinstance(params, dict):
-        raise ValueError(f'{config_path}: expected a `model: params:` section (published autoencoder schema)')
+        raise ValueError(f'{source}: expected a `model: params:` section (published autoencoder schema)')
     params = {**params, **(overrides or {})}
     for key in ('n_embed', 'embed_dim'):
         if key not in params:
-            raise ValueError(f'{config_path}: model.params.{key} is required')
+            raise ValueError(f'{source}: model.params.{key} is required')
     ddconfig = dict(params.get('ddconfig') or {})
     for key, value in DDCONFIG_FIXED.items():
         if ddconfig.pop(key, value) != value:
-            raise ValueError(f'{config_path}: ddconfig.{key} must be {value!r} for this autoencoder')
+            raise ValueError(f'{source}: ddconfig.{key} must be {value!r} for this autoencoder')
     for key in DDCONFIG_IGNORED:
         ddconfig.pop(key, None)
     unknown = sorted(set(ddconfig) - set(DDCONFIG_DEFAULTS))
     if unknown:
-        raise ValueError(f'{config_path}: unknown ddconfig keys {unknown}; known: {sorted(DDCONFIG_DEFAULTS)}')
+        raise ValueError(f'{source}: unknown ddconfig keys {unknown}; known: {sorted(DDCONFIG_DEFAULTS)}')
     kwargs = {k: params[k] for k in ARCH_PARAMS if k in params}
     kwargs['ddconfig'] = ddconfig
     return kwargs
@@ -155,7 +160,7 @@ def load_autoencoder(config_path, checkpoint_path=None, device='cpu', params=Non
 
     Checkpoints: a plain state dict, {'state_dict': ...} or {'model': ...}, keys with or without `autoenc.`;
     LlamaGen's un-normalized `quantize.embedding.weight` loads into a normalized model's raw table."""
-    model = VQAutoencoder(**read_autoencoder_config(config_path, params))
+    model = VQAutoencoder(**autoencoder_kwargs(read_autoencoder_config(config_path), config_path, params))
     if checkpoint_path is not None:
         load_autoencoder_weights(model, checkpoint_path, allow_unsafe=allow_unsafe)
     return model.to(device).eval()

@@ -74,9 +74,10 @@ def sampling_block_sizes(n, steps_per_scale):
 def random_block_size(n, generator=None):
     """Training block size: x ~ U[1, floor(sqrt n)]; x or n // x with p=0.5 each (no double-counted x)."""
     mid = math.isqrt(n)
+    device = generator.device if generator is not None else 'cpu'
     while True:
-        x = int(torch.randint(1, mid + 1, (1,), generator=generator))
-        if torch.rand(1, generator=generator).item() < 0.5:
+        x = int(torch.randint(1, mid + 1, (1,), generator=generator, device=device))
+        if torch.rand(1, generator=generator, device=device).item() < 0.5:
             return x
         if x != mid or n % mid != 0:
             return n // x

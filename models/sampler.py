@@ -1,0 +1,139 @@
+"""Sampling (spec §7): scales coarse to fine, each in checkerboard blocks; one transformer pass per block over
+the new slots only, against a preallocated KV cache; classifier-free guidance; per-sample seeds."""
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.checkerboard import sampling_block_sizes
+
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}
+
+
+@dataclass
+class SampleOutput:
+    """codes: [(B, s, s)] per scale; images: decoded [(B, 3, H, W)], about [-1, 1] (raw decoder output,
+    clamp before saving), top scale last;
+    maps: 'step', 'prob', 'entropy' -> [(B, s, s)] per scale; step_logits: raw head outputs per step."""
+    codes: list
+    images: list
+    maps: dict
+    labels: torch.Tensor = None
+    step_logits: list = field(default_factory=list)
+
+    @property
+    def num_steps(self):
+        return int(self.maps['step'][-1].max()) + 1
+
+
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Set logits outside the top-k / nucleus top-p set to -inf (both off by default)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float('-inf'))
+    return logits
+
+
+def draw(logits, temperature, top_k, top_p, generators):
+    """Draw one code per slot. logits (B, S, V) float32; sample b uses only generators[b] (Gumbel-max), so
+    its draw does not depend on the rest of the batch. Returns tokens, prob of the drawn code, entropy
+    (of the distribution drawn from; of softmax(logits) when temperature is 0)."""
+    logits = filter_logits(logits / (temperature or 1.0), top_k, top_p)
+    logp = logits.log_softmax(-1)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        noise = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device) for g in generators])
+        tokens = (logp - torch.log(-torch.log(noise))).argmax(-1)
+    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+    return tokens, logp.gather(-1, tokens[..., None])[..., 0].exp(), entropy
+
+
+@torch.no_grad()
+def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0,
+           top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False):
+    """Sample code pyramids and decode them.
+
+    labels: (B,) class ids for a class-conditional model; batch_size for an unconditional one. cfg > 0
+    doubles the batch (conditional, then null label) and uses cond + cfg * (cond - uncond) from global step
+    cfg_start_step on. seeds: one int per sample (default: drawn from torch's global RNG). precision:
+    'fp32' or 'bf16' (autocast for the transformer; decoding stays fp32). decode: 'all', 'top' or 'none'."""
+    device = model.seq_positions.device
+    if model.class_cond:
+        if labels is None:
+            raise ValueError('this model is class-conditional: pass labels')
+        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+        if labels.min() < 0 or labels.max() >= model.num_classes:
+            raise ValueError(f'labels must be in [0, {model.num_classes}), got {labels.tolist()}')
+        batch_size = labels.shape[0]
+    elif labels is not None or batch_size is None:
+        raise ValueError('this model is unconditional: pass batch_size and no labels')
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f'need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
+    if seeds is None:
+        seeds = torch.randint(2 ** 62, (batch_size,)).tolist()
+    if len(seeds) != batch_size:
+        raise ValueError(f'need one seed per sample: {batch_size} samples, {len(seeds)} seeds')
+    generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    guided = cfg > 0 and model.class_cond
+    B = batch_size
+    full_labels = torch.cat([labels, torch.full_like(labels, model.num_classes)]) if guided else labels
+    B2 = 2 * B if guided else B
+
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    codebook = model.autoenc.codebook()
+    out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'entropy': []}, labels=labels)
+    with autocast:
+        cond = model.class_condition(full_labels)  # (B2, 1, C) or None
+        caches = model.llama.new_caches(B2, model.num_positions + model.class_cond,
+                                        dtype or torch.float32, device)
+        if model.class_cond:  # the class token's own pass (not a step)
+            class_ids = torch.full((1,), model.llama.rotary_emb.class_row, device=device)
+            model.llama(cond, cond, class_ids, class_ids, caches=caches)
+        step, prev_vecs = 0, None
+        for i, side in enumerate(model.sides):
+            n = side * side
+            positions = model.seq_positions[model.scale_slice(i)]  # (n,) global ids in rank order
+            src = model.upscaled_source(prev_vecs, i, B2, device)  # (B2, n, E)
+            ranked_vecs = torch.zeros(B2, n, codebook.shape[1], device=device)
+            ranked = {k: torch.zeros(B, n, device=device, dtype=torch.long if k in ('code', 'step') else None)
+                      for k in ('code', 'step', 'prob', 'entropy')}
+            start, block = 0, None
+            for size in sampling_block_sizes(n, steps_per_scale):
+                block = block or size
+                ranks = torch.arange(start, start + size, device=device)
+                carried = ranks - block  # slot j carries slot j of the previous step (or empty)
+                carried_pos = torch.where(carried < 0, -1, positions[carried.clamp_min(0)])
+                x = model.token_inputs(positions[ranks], src[:, ranks], carried_pos,
+                                       ranked_vecs[:, carried.clamp_min(0)])
+                h = model.llama(x, cond, positions[ranks], model.rotary_past_ids(carried_pos), caches=caches)
+                logits = model.head(h).float()  # (B2, size, V)
+                if return_step_logits:
+                    out.step_logits.append(logits)
+                if guided:
+                    c, u = logits[:B], logits[B:]
+                    logits = c + cfg * (c - u) if step >= cfg_start_step else c
+                tokens, prob, entropy = draw(logits, temperature, top_k, top_p, generators)
+                ranked_vecs[:, ranks] = codebook[tokens].repeat(B2 // B, 1, 1)
+                for key, value in (('code', tokens), ('step', step), ('prob', prob), ('entropy', entropy)):
+                    ranked[key][:, ranks] = value
+                start, step = start + size, step + 1
+            cells = positions - model.offsets[i]
+            grid = {k: torch.empty_like(v).index_copy_(1, cells, v).view(B, side, side) for k, v in ranked.items()}
+            out.codes.append(grid['code'])
+            for key in ('step', 'prob', 'entropy'):
+                out.maps[key].append(grid[key])
+            prev_vecs = model.autoenc.codes_to_latents(out.codes[-1]).repeat(B2 // B, 1, 1, 1)
+    decode_at = {'all': range(len(model.sides)), 'top': [len(model.sides) - 1], 'none': []}[decode]
+    for i in decode_at:
+        out.images.append(model.autoenc.decode(model.autoenc.codes_to_latents(out.codes[i])))
+    return out
