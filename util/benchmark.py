@@ -1,0 +1,159 @@
+"""Sampling and training-step throughput of a random-weight generator, against the matmul peak measured in
+the same process. Prints figures; writes nothing.
+
+    python -m util.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import build_generator
+from models.sampler import PRECISIONS
+
+
+def autocast(device, precision):
+    return torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != 'fp32')
+
+
+def timed(fn, repeats):
+    """Median wall time of fn() over repeats, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device, precision, size=2048, repeats=5):
+    """Best GFLOP/s of a size^3 matmul in this precision."""
+    dtype = PRECISIONS[precision] or torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size ** 3 / timed(lambda: a @ b, repeats) / 1e9
+
+
+def counted_flops(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def random_model(config_path, device):
+    with open(config_path) as f:
+        model_cfg = yaml.safe_load(f)['model']
+    model = build_generator(model_cfg, load_autoencoder_checkpoint=False, device=device).eval()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # zero at init: give the logits some spread
+    return model
+
+
+def random_batch(model, batch, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    codes = [torch.randint(model.vocab_size, (batch, s, s), generator=gen).to(device) for s in model.sides]
+    labels = torch.randint(max(model.num_classes, 1), (batch,), generator=gen).to(device)
+    return codes, labels if model.class_cond else None
+
+
+def bench_sampling(model, args, device, precision):
+    labels = torch.arange(args.batch_size, device=device) % max(model.num_classes, 1) if model.class_cond else None
+    kwargs = dict(labels=labels, batch_size=None if model.class_cond else args.batch_size, cfg=args.cfg,
+                  steps_per_scale=args.steps_per_scale, seeds=list(range(args.batch_size)), precision=precision,
+                  decode='none')
+    run = lambda: model.sample(**kwargs)  # noqa: E731
+    flops = counted_flops(run)
+    seconds = timed(run, args.repeats)
+    tokens = args.batch_size * model.num_positions
+    return flops, seconds, tokens
+
+
+def masked_baseline_forward(model, codes, labels):
+    """The plain formulation: a dense additive float mask per sample (B, 1, L, L), as in the published code."""
+    blocks = model.eval_block_sizes(model.num_blocks_per_scale)
+    inputs, targets, carried_pos, block_ids = model.sequence_inputs(codes, blocks, [False] * len(model.sides))
+    cond = model.class_condition(labels)
+    cur, past = model.seq_positions, model.rotary_past_ids(carried_pos)
+    if model.class_cond:
+        row = model.llama.rotary_emb.class_row
+        inputs = torch.cat([cond, inputs], 1)
+        block_ids = torch.nn.functional.pad(block_ids, (1, 0))
+        cur, past = (torch.nn.functional.pad(t, (1, 0), value=row) for t in (cur, past))
+    allowed = block_ids[None, :] <= block_ids[:, None]
+    mask = torch.where(allowed, 0.0, -1e9).expand(inputs.shape[0], 1, -1, -1)
+    h = model.llama(inputs, cond, cur, past, mask)
+    h = h[:, 1:] if model.class_cond else h
+    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1).float(), targets.flatten())
+
+
+def bench_training(model, args, device, precision, baseline):
+    model.train()
+    codes, labels = random_batch(model, args.train_batch_size, device)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def step():
+        with autocast(device, precision):
+            loss = masked_baseline_forward(model, codes, labels) if baseline else model(codes, labels, gen)[0]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    seconds = timed(step, args.repeats)
+    model.eval()
+    return args.train_batch_size * model.num_positions / seconds
+
+
+def logit_agreement(model, device):
+    """max |bf16 - fp32| over the std of the fp32 logits, teacher forced on random codes."""
+    codes, labels = random_batch(model, 4, device, seed=1)
+    with torch.no_grad():
+        ref = model.teacher_forced_logits(codes, labels, 4).float()
+        with autocast(device, 'bf16'):
+            low = model.teacher_forced_logits(codes, labels, 4).float()
+    return ((low - ref).abs().max() / ref.std()).item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', default='configs/config_256_S.yaml')
+    parser.add_argument('--batch_size', type=int, default=8)
+    parser.add_argument('--train_batch_size', type=int, default=8)
+    parser.add_argument('--cfg', type=float, default=2.0)
+    parser.add_argument('--steps_per_scale', type=int, default=4)
+    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=list(PRECISIONS))
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--skip_training', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = random_model(args.config, device)
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith('autoenc.'))
+    print(f'{args.config}: {params / 1e6:.1f}M generator parameters, sides {model.sides}, '
+          f'{model.num_positions} tokens/image, device {device}, {torch.get_num_threads()} threads')
+    results = {}
+    for precision in args.precision:
+        peak = matmul_peak(device, precision)
+        flops, seconds, tokens = bench_sampling(model, args, device, precision)
+        achieved = flops / seconds / 1e9
+        results[precision] = seconds
+        print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | sampling batch {args.batch_size} cfg {args.cfg} '
+              f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {args.batch_size / seconds:.2f} images/s, '
+              f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
+              f'{100 * achieved / peak:.0f}% of peak')
+        if not args.skip_training:
+            ours = bench_training(model, args, device, precision, baseline=False)
+            plain = bench_training(model, args, device, precision, baseline=True)
+            print(f'[{precision}] training step (forward+backward, batch {args.train_batch_size}, cached codes): '
+                  f'{ours:.0f} tokens/s; plain dense-mask forward/backward {plain:.0f} tokens/s')
+    if 'fp32' in results and 'bf16' in results:
+        print(f'bf16 sampling speed-up over fp32: {results["fp32"] / results["bf16"]:.2f}x; '
+              f'bf16 logits: max |bf16 - fp32| / std(fp32) = {logit_agreement(model, device):.3f}')
+
+
+if __name__ == '__main__':
+    main()
