@@ -1,5 +1,73 @@
-"""Placeholder: this script is not implemented yet (see the project's open issues)."""
+"""Train a checkerboard generator: python main.py --config configs/X.yaml [--key value ...]
+
+One process on CPU or one GPU; `torchrun --nproc_per_node N main.py --config ...` for DDP.
+`args:` keys of the config (and flags) are listed below; dotted flags override `model:` keys."""
 import sys
 
+from data.image_folder import BadImagesError
+from data.token_cache import TokenCacheMismatch
+from util.checkpoint import CheckpointError
+from util.config import ConfigError, Option, load_config
+from util.trainer import NonFiniteLoss, train
+
+TRAIN_OPTIONS = {
+    # data
+    'data_path': Option(str, None, 'ImageNet-layout folder (train/<class>/*) or a built-in dataset name'),
+    'builtin_root': Option(str, 'data/builtin', 'where built-in datasets are generated'),
+    'num_workers': Option(int, 4, 'data loader processes per rank'),
+    'create_cache': Option(bool, False, 'encode all 10 TenCrop views at every scale into the token cache'),
+    'use_cache': Option(bool, False, 'train from the token cache instead of encoding images on the fly'),
+    'cache_dir': Option(str, None, 'token cache folder (default: output_dir/token_cache)'),
+    # optimisation
+    'batch_size': Option(int, 64, 'images per process per optimizer step'),
+    'grad_accum_steps': Option(int, 1, 'split each process batch into this many forward/backward passes'),
+    'epochs': Option(int, 100, 'training epochs'),
+    'max_steps': Option(int, 0, 'stop after this many optimizer steps (0: no limit)'),
+    'lr': Option(float, None, 'learning rate (overrides blr)'),
+    'blr': Option(float, 1e-4, 'base learning rate: lr = blr * global batch / 256 when lr is not set'),
+    'min_lr': Option(float, 0.0, 'final learning rate of the cosine schedule'),
+    'lr_schedule': Option(str, 'constant', 'constant, cosine or step'),
+    'lr_step_epochs': Option(list, [], 'epochs at which the step schedule multiplies lr by lr_step_factor'),
+    'lr_step_factor': Option(float, 0.1, 'lr multiplier of the step schedule'),
+    'warmup_epochs': Option(float, 1.0, 'linear warmup from 0, in epochs'),
+    'optimizer': Option(str, 'adamw', 'adamw (beta 0.9, 0.95; no decay on biases and 1-D parameters)'),
+    'weight_decay': Option(float, 0.01, 'AdamW weight decay'),
+    'clip_grad': Option(float, 0.0, 'clip the gradient norm to this value (0: off)'),
+    'ema': Option(float, 0.0, 'EMA decay of model_ema (0: no EMA)'),
+    'precision': Option(str, 'auto', 'auto (bf16 where the hardware has bf16 units), fp32 or bf16'),
+    'seed': Option(int, 0, 'seed of data order, augmentation and training randomness'),
+    'device': Option(str, None, 'cpu or cuda (default: cuda when available)'),
+    # checkpoints and logs
+    'output_dir': Option(str, 'outputs/run', 'checkpoints, config.yaml, log.jsonl, samples'),
+    'resume': Option(str, None, 'checkpoint file or folder to resume from (default: output_dir if it has one)'),
+    'save_every_steps': Option(int, 0, 'also save checkpoint-last.pth every N steps (0: every epoch only)'),
+    'keep_every_epochs': Option(int, 0, 'keep checkpoint-EPOCH.pth every N epochs (0: none)'),
+    'log_every': Option(int, 20, 'steps between log.jsonl records'),
+    'unsafe_load': Option(bool, False, 'allow checkpoints that need full unpickling (trusted files only)'),
+    # inline evaluation
+    'eval_freq': Option(int, 0, 'evaluate every N epochs and at the end (0: never)'),
+    'eval_num_samples': Option(int, 1000, 'images generated for inline FID / IS / class consistency'),
+    'eval_batch_size': Option(int, 64, 'sampling batch per process during evaluation'),
+    'cfg': Option(float, 2.0, 'classifier-free guidance scale for inline evaluation'),
+    'cfg_start_step': Option(int, 5, 'first sampling step that uses guidance'),
+    'eval_steps_per_scale': Option(int, 4, 'checkerboard steps per scale when sampling'),
+    'eval_temperature': Option(float, 1.0, 'sampling temperature'),
+    'inception_weights': Option(str, None, 'local Inception weights for torch-fidelity (offline machines)'),
+}
+
+
+def main(argv=None):
+    try:
+        config = load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0])
+        from util.inline_eval import evaluate
+        train(config, evaluate)
+    except (ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLoss as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == '__main__':
-    sys.exit('main.py is not implemented yet; see README.md for what works today.')
+    main()

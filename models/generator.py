@@ -37,6 +37,14 @@ class L2GradPenalty(torch.autograd.Function):
         return grad + ctx.strength * w, None
 
 
+def batch_rows(draw, rows, batch):
+    """Per-sample random draws that do not depend on how a global batch is split across processes or
+    accumulation steps: draw(n) makes the draws for the whole global batch; rows = (first row, global
+    batch size) of this process's samples (None: the batch is the global batch)."""
+    first, total = rows or (0, batch)
+    return draw(total)[first:first + batch]
+
+
 class CheckerboardGenerator(nn.Module):
     """Generates the code pyramid of a frozen VQ autoencoder, coarse to fine, in checkerboard blocks.
 
@@ -131,17 +139,18 @@ class CheckerboardGenerator(nn.Module):
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             return self.autoenc.pyramid_codes(images.float(), self.sides)
 
-    def random_codebook_swap(self, vecs, generator):
+    def random_codebook_swap(self, vecs, generator, rows=None):
         """Replace a random_replace fraction of the cells of (B, E, s, s) by random codebook vectors."""
         B, E, s, _ = vecs.shape
         dev = vecs.device
-        mask = torch.rand(B, 1, s, s, generator=generator, device=dev) < self.random_replace
-        random_codes = torch.randint(self.vocab_size, (B, s, s), generator=generator, device=dev)
-        return torch.where(mask, self.autoenc.codes_to_latents(random_codes), vecs)
+        mask = batch_rows(lambda n: torch.rand(n, 1, s, s, generator=generator, device=dev), rows, B)
+        random_codes = batch_rows(lambda n: torch.randint(self.vocab_size, (n, s, s), generator=generator,
+                                                          device=dev), rows, B)
+        return torch.where(mask < self.random_replace, self.autoenc.codes_to_latents(random_codes), vecs)
 
     # ---- training forward ------------------------------------------------------------------------------
 
-    def sequence_inputs(self, codes, block_sizes, folds, generator=None):
+    def sequence_inputs(self, codes, block_sizes, folds, generator=None, rows=None):
         """Token inputs of the whole pyramid, teacher forced.
 
         codes: [(B, s, s)] per scale. Returns inputs (B, P, C), targets (B, P), carried positions (P,)
@@ -156,9 +165,9 @@ class CheckerboardGenerator(nn.Module):
             source = prev_vecs
             if replace and i > 0:
                 if self.random_replace_sampled:
-                    vecs = self.random_codebook_swap(vecs, generator)
+                    vecs = self.random_codebook_swap(vecs, generator, rows)
                 else:
-                    source = self.random_codebook_swap(prev_vecs, generator)
+                    source = self.random_codebook_swap(prev_vecs, generator, rows)
             src.append(self.upscaled_source(source, i, B, device))
             ranked = vecs.flatten(2)[:, :, cells].transpose(1, 2)  # (B, n, E) in rank order
             block_id, carried = block_layout(side * side, block_sizes[i], folds[i])
@@ -204,17 +213,19 @@ class CheckerboardGenerator(nn.Module):
         inputs, _, carried_pos, block_ids = self.sequence_inputs(codes, blocks, [False] * len(self.sides))
         return self.head(self.hidden_states(inputs, labels, carried_pos, block_ids))
 
-    def forward(self, codes_or_images, labels=None, generator=None):
+    def forward(self, codes_or_images, labels=None, generator=None, rows=None):
         """Training objective. codes_or_images: [(B, s, s)] codes per scale or images (B, 3, H, W).
-        Returns (loss, stats) with per-scale loss and top-1 accuracy as detached tensors."""
+        generator drives the training randomness; rows = (first row, global batch size) of this batch in
+        the global batch (see batch_rows). Returns (loss, stats) with per-scale loss and top-1 accuracy as
+        detached tensors."""
         codes = codes_or_images
         if torch.is_tensor(codes) and codes.is_floating_point():
             codes = self.codes_from_images(codes)
         B, device = codes[0].shape[0], codes[0].device
         if self.class_cond:
             if self.training and self.uncond_training_prob > 0:
-                drop = torch.rand(B, generator=generator, device=device) < self.uncond_training_prob
-                labels = torch.where(drop, self.num_classes, labels)
+                drop = batch_rows(lambda n: torch.rand(n, generator=generator, device=device), rows, B)
+                labels = torch.where(drop < self.uncond_training_prob, self.num_classes, labels)
         if self.training:
             blocks = [random_block_size(s * s, generator) if self.random_block_size
                       else max(1, s * s // self.num_blocks_per_scale) for s in self.sides]
@@ -222,7 +233,7 @@ class CheckerboardGenerator(nn.Module):
                      for s, b in zip(self.sides, blocks)]
         else:
             blocks, folds = self.eval_block_sizes(self.num_blocks_per_scale), [False] * len(self.sides)
-        inputs, targets, carried_pos, block_ids = self.sequence_inputs(codes, blocks, folds, generator)
+        inputs, targets, carried_pos, block_ids = self.sequence_inputs(codes, blocks, folds, generator, rows)
         logits = self.head(self.hidden_states(inputs, labels, carried_pos, block_ids))  # (B, P, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         stats = {'loss': loss.detach()}

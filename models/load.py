@@ -28,15 +28,14 @@ def check_keys(section, allowed, where):
 
 
 def resolve_path(path, checkpoint_path=None):
-    """A config-relative path (published: relative to the working directory). Falls back to the published
-    folder layout beside a checkpoint (pretrained_models/<model>/ next to pretrained_models/autoenc/)."""
-    if path is None or os.path.exists(path):
-        return path
-    if checkpoint_path is not None:
+    """A path from a config. Beside a checkpoint, the published folder layout comes first
+    (pretrained_models/<model>/checkpoint next to pretrained_models/autoenc/...); otherwise the path is
+    relative to the working directory, as published."""
+    if path is not None and checkpoint_path is not None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
-        relative = path.split('pretrained_models/', 1)[-1]
-        if os.path.exists(os.path.join(root, relative)):
-            return os.path.join(root, relative)
+        beside = os.path.join(root, path.split('pretrained_models/', 1)[-1])
+        if os.path.exists(beside):
+            return beside
     return path
 
 

@@ -1,0 +1,167 @@
+"""main.py: config validation, token cache path, exact resume, DDP equivalence, atomic saves, non-finite loss."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import main as train_main
+from data.builtin import ensure_builtin_dataset
+from data.image_folder import ImageFolderDataset
+from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_token_cache
+from models import build_generator
+from models.autoencoder import VQAutoencoder
+from util import checkpoint as checkpoint_io
+from util.checkpoint import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    """A tiny built-in dataset (8 train images per class), a random stride-8 autoencoder, a tiny config."""
+    d = tmp_path_factory.mktemp('train')
+    ensure_builtin_dataset(str(d / 'shapes'), 'shapes32', train_per_class=4, val_per_class=2)
+    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
+    torch.manual_seed(0)
+    ae = VQAutoencoder(dd, 64, 4, normalize=True)
+    torch.save({'state_dict': ae.state_dict()}, d / 'ae.pth')
+    (d / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64, normalize=True,
+                                                                        ddconfig=dd)}}))
+    model = dict(img_size=32, scale_ratio=2, class_cond=True, random_block_size=True, random_replace=0.1,
+                 use_head_mlp=False, autoenc=dict(config_path=str(d / 'ae.yaml'), checkpoint_path=str(d / 'ae.pth')),
+                 llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2))
+    args = dict(batch_size=8, lr=1e-3, epochs=3, data_path=str(d / 'shapes'), num_workers=0, log_every=1,
+                warmup_epochs=0.5, ema=0.9, clip_grad=1.0, device='cpu', precision='fp32')
+    (d / 'tiny.yaml').write_text(yaml.safe_dump({'model': model, 'args': args}))
+    return d
+
+
+def run(setup, out, *flags):
+    train_main.main(['--config', str(setup / 'tiny.yaml'), '--output_dir', str(out), *flags])
+
+
+def losses(out):
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        return [(r['step'], r['loss']) for r in map(json.loads, f) if 'loss' in r]
+
+
+def expect_exit(capsys, setup, code, message, *flags, out='never'):
+    out = setup / out
+    with pytest.raises(SystemExit) as e:
+        run(setup, out, *flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_config_errors(setup, capsys, tmp_path):
+    expect_exit(capsys, setup, 2, "unknown flag --batchsize (did you mean 'batch_size'?)", '--batchsize', '4')
+    expect_exit(capsys, setup, 2, 'args.batch_size must be int', '--batch_size', 'four')
+    expect_exit(capsys, setup, 2, 'not divisible by grad_accum_steps 3', '--grad_accum_steps', '3')
+    expect_exit(capsys, setup, 2, "neither an existing folder nor a built-in dataset", '--data_path', 'nowhere')
+    expect_exit(capsys, setup, 2, 'autoencoder file not found: model.autoenc.checkpoint_path',
+                '--model.autoenc.checkpoint_path', str(tmp_path / 'missing.pth'))
+    cfg = yaml.safe_load((setup / 'tiny.yaml').read_text())
+    cfg['args']['epoch'] = 3
+    (tmp_path / 'bad.yaml').write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as e:
+        train_main.main(['--config', str(tmp_path / 'bad.yaml'), '--output_dir', str(tmp_path / 'o')])
+    assert e.value.code == 2 and "unknown key 'args.epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_exact_resume(setup):
+    full, split = setup / 'full', setup / 'split'
+    run(setup, full, '--max_steps', '6')
+    run(setup, split, '--max_steps', '3')
+    run(setup, split, '--max_steps', '6')  # resumes from split/checkpoint-last.pth mid-epoch
+    assert losses(full) == losses(split) and len(losses(full)) == 6
+    a, b = load_checkpoint(full / 'checkpoint-last.pth'), load_checkpoint(split / 'checkpoint-last.pth')
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    for key in a['model_ema']:
+        assert torch.equal(a['model_ema'][key], b['model_ema'][key]), key
+    assert a['step'] == 6 and a['epoch'] == 1 and a['batch_in_epoch'] == 1  # 5 steps per epoch
+    assert yaml.safe_load((full / 'config.yaml').read_text())['model']['num_classes'] == 10
+
+
+def test_two_gloo_processes_match_one(setup):
+    one, two = setup / 'one', setup / 'two'
+    run(setup, one, '--max_steps', '3', '--ema', '0')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
+                    os.path.join(ROOT, 'main.py'), '--config', str(setup / 'tiny.yaml'), '--output_dir', str(two),
+                    '--batch_size', '4', '--max_steps', '3', '--ema', '0'], check=True, env=env, cwd=ROOT,
+                   capture_output=True)
+    for (s1, l1), (s2, l2) in zip(losses(one), losses(two)):
+        assert s1 == s2 and abs(l1 - l2) < 1e-5
+    a, b = load_checkpoint(one / 'checkpoint-last.pth'), load_checkpoint(two / 'checkpoint-last.pth')
+    for key in a['model']:
+        torch.testing.assert_close(a['model'][key], b['model'][key], atol=1e-5, rtol=0)
+
+
+def test_interrupted_save_leaves_previous_checkpoint(setup, monkeypatch):
+    out = setup / 'atomic'
+    run(setup, out, '--max_steps', '2')
+    before = (out / 'checkpoint-last.pth').read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f):
+        real_save(obj, f)
+        f.truncate(100)  # half-written, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_io.torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, out, '--max_steps', '4')
+    assert (out / 'checkpoint-last.pth').read_bytes() == before
+    assert load_checkpoint(out / 'checkpoint-last.pth')['step'] == 2
+    assert [p for p in os.listdir(out) if p.endswith('.tmp')] == []
+
+
+def test_non_finite_loss_stops_cleanly(setup, capsys):
+    out = setup / 'nan'
+    run(setup, out, '--max_steps', '2')
+    ck = load_checkpoint(out / 'checkpoint-last.pth')
+    ck['model']['lm_head.bias'][0] = float('nan')
+    torch.save(ck, out / 'checkpoint-last.pth')
+    before = (out / 'checkpoint-last.pth').read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run(setup, out, '--max_steps', '4')
+    assert e.value.code == 1
+    assert 'non-finite loss (nan) at step 3' in capsys.readouterr().err
+    assert (out / 'checkpoint-last.pth').read_bytes() == before
+
+
+def test_cache_and_images_give_the_same_loss(setup):
+    cfg = yaml.safe_load((setup / 'tiny.yaml').read_text())
+    model = build_generator({**cfg['model'], 'num_classes': 10}).train()
+    views = ImageFolderDataset(str(setup / 'shapes'), 32, all_views=True)
+    cache = setup / 'cache'
+    create_token_cache(str(cache), views, model.autoenc, model.sides, 32, model.vocab_size, 'cpu', batch_size=16)
+    cached = TokenCacheDataset(str(cache), autoencoder_fingerprint(model.autoenc), model.sides, 32, seed=0)
+    images = ImageFolderDataset(str(setup / 'shapes'), 32, seed=0)
+    for dataset in (cached, images):
+        dataset.set_epoch(2)
+    idx = [0, 5, 17, 33]
+    codes = [torch.stack([cached[i][0][s] for i in idx]) for s in range(len(model.sides))]
+    labels = torch.tensor([cached[i][1] for i in idx])
+    pixels = torch.stack([images[i][0] for i in idx])
+    assert torch.equal(labels, torch.tensor([images[i][1] for i in idx]))
+    loss_cache, _ = model(codes, labels, torch.Generator().manual_seed(3))
+    loss_image, _ = model(pixels, labels, torch.Generator().manual_seed(3))
+    assert loss_cache.item() == pytest.approx(loss_image.item(), abs=1e-6)
+
+
+def test_trains_from_cache_via_cli(setup):
+    out = setup / 'cached_run'
+    run(setup, out, '--create_cache', '--use_cache', '--max_steps', '2')
+    manifest = json.loads((out / 'token_cache' / 'manifest.json').read_text())
+    assert manifest['complete'] and manifest['sides'] == [1, 2, 4] and manifest['num_images'] == 40
+    assert np.load(out / 'token_cache' / 'codes_4.npy').shape == (40, 10, 4, 4)
+    assert len(losses(out)) == 2

@@ -1,0 +1,235 @@
+"""Offline quality probe: a small CNN classifier trained on a dataset's train split, no download needed.
+
+probe_report gives, for generated samples with requested labels:
+- class_consistency: share of samples the probe assigns to the requested class;
+- real_class_consistency: the same for the held-out real images (root/val), i.e. the probe's val accuracy,
+  the ceiling;
+- frechet: Frechet distance between sample and val features (the probe's pooled penultimate features);
+- frechet_real_baseline: the same for a seeded random subset of root/train of the samples' size vs val, so both
+  distances compare the same numbers of images with the same val set (Frechet distances are biased by set size).
+
+Real images are read as the ADM reference batches are (center_crop_arr to image_size). Training augments them
+with a random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x TenCrop views the generator
+is trained on.
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from data.image_folder import find_unreadable_images, scan_image_folder
+from data.transforms import center_crop_arr
+from util.adm_metrics import frechet_distance, gaussian_stats
+from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
+
+PROBE_WIDTH = 32  # channels of the first stage; doubled per stage, features have 4 * PROBE_WIDTH
+MAX_ZOOM = 1.15  # training augmentation: zoom in [1, MAX_ZOOM]
+MAX_SHIFT = 0.0625  # training augmentation: shift up to this fraction of the side, beyond what zoom frees
+
+
+def _block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ClassProbe(nn.Module):
+    """Small CNN classifier: 4 conv stages (the first three halve the side) + global average pool + linear.
+
+    Input (B, 3, S, S) in [-1, 1], any S (adaptive pooling); `classes` and `image_size` describe its training.
+    """
+
+    def __init__(self, classes, image_size, width=PROBE_WIDTH, generator=None):
+        super().__init__()
+        self.classes = list(classes)
+        self.image_size = image_size
+        self.width = width
+        widths = [width, 2 * width, 4 * width, 4 * width]
+        self.stages = nn.Sequential(
+            _block(3, widths[0]), nn.MaxPool2d(2),
+            _block(widths[0], widths[1]), nn.MaxPool2d(2),
+            _block(widths[1], widths[2]), nn.MaxPool2d(2),
+            _block(widths[2], widths[3]),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(widths[3], len(self.classes))
+        self._init_weights(generator)
+
+    def _init_weights(self, generator):
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity='relu', generator=generator)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.01, generator=generator)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def config(self):
+        return dict(classes=self.classes, image_size=self.image_size, width=self.width)
+
+    def features(self, x):
+        return self.stages(x)  # (B, 4 * width)
+
+    def forward(self, x):
+        return self.head(self.features(x))  # (B, classes)
+
+
+def load_real_images(root, split, image_size, max_images=None, seed=0, log=print):
+    """(uint8 array (N, S, S, 3), labels (N,), classes) of root/split, ADM center-cropped; unreadable files skipped.
+
+    max_images: read only a random subset of this many files (seeded), in random order.
+    """
+    classes, samples = scan_image_folder(root, split)
+    if max_images is not None:
+        subset = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:max_images]
+        samples = [samples[i] for i in subset.tolist()]
+    bad = set(find_unreadable_images([path for path, _ in samples]))
+    if bad:
+        log(f'class probe: skipping {len(bad)} unreadable image(s) under {root}/{split}, e.g. {next(iter(bad))}')
+    images, labels = [], []
+    for path, label in samples:
+        if path in bad:
+            continue
+        with Image.open(path) as image:
+            images.append(np.asarray(center_crop_arr(image.convert('RGB'), image_size)))
+        labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+def to_model_input(images, image_size, device):
+    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1] -> float (B, 3, S, S) on device, bilinear-resized."""
+    x = torch.as_tensor(images).to(device)
+    if x.dtype == torch.uint8:
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f'images must be uint8 (B, H, W, 3) or float (B, 3, H, W), got {tuple(x.shape)} {x.dtype}')
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode='bilinear', antialias=True,
+                          align_corners=False)
+    return x.float()
+
+
+def random_views(x, generator):
+    """Random zoom in [1, MAX_ZOOM], shift and horizontal flip per image of x (B, 3, S, S) (bilinear, border)."""
+    b = len(x)
+    rand = torch.rand(b, 4, generator=generator).to(x.device)  # zoom, shift x, shift y, flip
+    scale = 1 / (1 + (MAX_ZOOM - 1) * rand[:, 0])  # fraction of the image the view spans
+    shift = (1 - scale + 2 * MAX_SHIFT)[:, None] * (2 * rand[:, 1:3] - 1)  # (B, 2), normalized coordinates
+    flip = torch.where(rand[:, 3] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+@torch.no_grad()
+def probe_outputs(probe, images, device, batch_size=256):
+    """(logits (N, classes), features (N, F)) as float32 CPU tensors, in eval mode, for images as to_model_input."""
+    probe.eval()
+    logits, feats = [], []
+    for start in range(0, len(images), batch_size):
+        f = probe.features(to_model_input(images[start:start + batch_size], probe.image_size, device))
+        feats.append(f.float().cpu())
+        logits.append(probe.head(f).float().cpu())
+    return torch.cat(logits), torch.cat(feats)
+
+
+def class_consistency(logits, labels):
+    """Share of rows whose argmax is the requested label."""
+    return (logits.argmax(1) == torch.as_tensor(labels, dtype=torch.long)).float().mean().item()
+
+
+def feature_frechet(feats_a, feats_b):
+    """Frechet distance between Gaussians fitted to two (N, F) feature sets."""
+    return frechet_distance(*gaussian_stats(np.asarray(feats_a, np.float64)),
+                            *gaussian_stats(np.asarray(feats_b, np.float64)))
+
+
+def load_probe(path, device, classes=None, image_size=None):
+    """A ClassProbe from a train_probe checkpoint (weights_only), in eval mode on device.
+
+    With classes / image_size given, a checkpoint trained for others is a CheckpointError naming both.
+    """
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or 'config' not in ckpt or 'state_dict' not in ckpt:
+        raise CheckpointError(f'{path}: not a class-probe checkpoint (no config / state_dict)')
+    config = ckpt['config']
+    if classes is not None and list(classes) != config['classes']:
+        raise CheckpointError(f'{path}: class probe trained for classes {config["classes"]}, '
+                              f'but the data has {list(classes)}; delete it or use another path')
+    if image_size is not None and image_size != config['image_size']:
+        raise CheckpointError(f'{path}: class probe trained at {config["image_size"]} px, wanted {image_size} px; '
+                              f'delete it or use another path')
+    probe = ClassProbe(**config)
+    load_matching_state_dict(probe, ckpt['state_dict'], path)
+    return probe.to(device).eval()
+
+
+def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr=3e-3, seed=0, log=print):
+    """Train a ClassProbe on root/train, report accuracy on root/val, save it to out_path; returns it (eval mode).
+
+    An existing out_path trained for the same classes and image_size is loaded instead (one trained for others
+    is a CheckpointError). Deterministic from seed on CPU (for a fixed torch thread count).
+    """
+    classes, _ = scan_image_folder(root, 'train')
+    if os.path.exists(out_path):
+        probe = load_probe(out_path, device, classes, image_size)
+        log(f'class probe: loaded {out_path} (val accuracy {load_checkpoint(out_path)["val_accuracy"]:.4f}); '
+            f'not retraining')
+        return probe
+    start = time.time()
+    images, labels, _ = load_real_images(root, 'train', image_size, log=log)
+    val_images, val_labels, _ = load_real_images(root, 'val', image_size, log=log)
+    generator = torch.Generator().manual_seed(seed)
+    probe = ClassProbe(classes, image_size, generator=generator).to(device)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    labels_t = torch.from_numpy(labels)
+    for epoch in range(epochs):
+        probe.train()
+        order = torch.randperm(len(images), generator=generator)
+        total_loss = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = random_views(to_model_input(images[idx.numpy()], image_size, device), generator)  # (B, 3, S, S)
+            loss = F.cross_entropy(probe(x), labels_t[idx].to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'class probe: non-finite loss {loss.item()} at epoch {epoch}, step {step}')
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item()
+        val_accuracy = class_consistency(probe_outputs(probe, val_images, device)[0], val_labels)
+        log(f'class probe: epoch {epoch + 1}/{epochs} loss {total_loss / steps_per_epoch:.4f} '
+            f'val accuracy {val_accuracy:.4f} ({time.time() - start:.0f} s)')
+    save_checkpoint({'state_dict': probe.state_dict(), 'classes': classes, 'image_size': image_size,
+                     'val_accuracy': val_accuracy, 'config': probe.config,
+                     'train': dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)}, out_path)
+    log(f'class probe: saved {out_path}')
+    return probe.eval()
+
+
+def probe_report(probe, samples, labels, real_root, device, batch_size=256, seed=0):
+    """Class consistency and Frechet distance of samples (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1],
+    any side; resized to the probe's) with requested labels (N,), against real_root/val; see the module doc."""
+    if len(samples) != len(labels) or len(samples) < 2:
+        raise ValueError(f'probe_report: need >= 2 samples and one label each, got {len(samples)} and {len(labels)}')
+    val_images, val_labels, classes = load_real_images(real_root, 'val', probe.image_size)
+    if classes != probe.classes:
+        raise ValueError(f'probe_report: probe trained for classes {probe.classes}, {real_root} has {classes}')
+    train_images, _, _ = load_real_images(real_root, 'train', probe.image_size, max_images=len(samples), seed=seed)
+    logits, feats = probe_outputs(probe, samples, device, batch_size)
+    val_logits, val_feats = probe_outputs(probe, val_images, device, batch_size)
+    _, train_feats = probe_outputs(probe, train_images, device, batch_size)
+    return {'class_consistency': class_consistency(logits, labels),
+            'real_class_consistency': class_consistency(val_logits, val_labels),
+            'frechet': feature_frechet(feats, val_feats),
+            'frechet_real_baseline': feature_frechet(train_feats, val_feats),
+            'num_samples': len(samples)}

@@ -1,0 +1,68 @@
+"""Distributed helpers: one process (CPU or one GPU) or torchrun DDP (NCCL on GPU, gloo on CPU)."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def init_distributed(device=None):
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if > 1 rank.
+
+    device: 'cpu', 'cuda' or None (GPU when available). Each rank takes GPU local_rank."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith('cuda')
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device('cuda', local_rank)
+    else:
+        dev = torch.device('cpu')
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if use_cuda else 'gloo', rank=rank, world_size=world_size)
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(values, device):
+    """Mean over ranks of a dict of floats (or 0-d tensors); returns floats."""
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_objects(obj):
+    """List of obj from every rank (just [obj] when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

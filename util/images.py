@@ -1,0 +1,34 @@
+"""Image conversion and saving: decoded images in [-1, 1] -> uint8 (spec §7), grids, PNG files."""
+import os
+
+import torch
+import torchvision
+from PIL import Image
+
+
+def to_uint8(images):
+    """(B, 3, H, W) float, about [-1, 1] -> (B, H, W, 3) uint8 numpy: clamp, then truncate((x+1)/2 * 255)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_png(array, path):
+    """Write an (H, W, 3) uint8 array atomically (temporary file, then rename)."""
+    tmp = f'{path}.tmp.png'
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+def save_grid(images, path, nrow=8, pad=2):
+    """A grid of (B, 3, H, W) images in [-1, 1] written as one PNG."""
+    grid = torchvision.utils.make_grid(images.detach().float().clamp(-1, 1).cpu(), nrow=nrow, padding=pad,
+                                       normalize=True, value_range=(-1, 1))
+    save_png((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), path)
+    return path
+
+
+def upscale_nearest(images, size):
+    """(B, 3, h, w) -> (B, 3, size, size) by nearest-neighbour, to show small scales beside large ones."""
+    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode='nearest')
+
+
