@@ -1,5 +1,194 @@
-"""Placeholder: this script is not implemented yet (see the project's open issues)."""
+"""Sample images from a checkerboard generator checkpoint (published, or this project's).
+
+    python main_sample.py --checkpoint pretrained_models/checkerboard-L-2x/checkpoint-last.pth --labels 207 360
+        writes to --output_dir: samples_grid.png, sample_NNNN.png, sample_NNNN_maps.png,
+        sample_0000_forming.gif and codes.npz (codes_<side> per scale, labels, seeds)
+    torchrun --nproc_per_node 8 main_sample.py --checkpoint ... --num_samples 50000 --output_npz samples.npz
+        an ADM-layout batch for evaluator.py; resumes from OUTPUT_NPZ.shards/ when interrupted
+    python main_sample.py --checkpoint ... --flops
+
+Sample i is drawn with seed SEED * 1_000_003 + i (and, for --num_samples, label i * num_classes // N), so an
+image does not depend on the batch size or the number of processes.
+"""
+import argparse
+import math
+import os
 import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import load_generator
+from models.sampler import PRECISIONS
+from util.checkpoint import UNSAFE_FLAG, CheckpointError
+from util.distributed import cleanup, init_distributed
+from util.images import save_grid, save_png, to_uint8
+from util.sample_figures import formation_frames, maps_figure, save_gif
+from util.sample_npz import MAX_BASE_SEED, atomic_savez, balanced_labels, sample_seeds, write_sample_npz
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2."""
+
+    def error(self, message):
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(2)
+
+
+def bounded(cast, lo, hi=math.inf, lo_open=False):
+    """argparse type: cast(text), finite, in [lo, hi] (or (lo, hi] with lo_open)."""
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+        if not (math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi):
+            limits = f'{"(" if lo_open else "["}{lo}, {hi}]' if hi < math.inf else f'{">" if lo_open else ">="} {lo}'
+            raise argparse.ArgumentTypeError(f'must be {"in " if hi < math.inf else ""}{limits}, got {text}')
+        return value
+    return parse
+
+
+def device_name(text):
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        kind = None
+    if kind not in ('cpu', 'cuda'):
+        raise argparse.ArgumentTypeError(f"expected 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+    return text
+
+
+def parse_args(argv):
+    p = Parser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--checkpoint', required=True, help='checkpoint-last.pth (config inside it or config.yaml beside)')
+    p.add_argument('--use_ema', action='store_true', help='sample with the EMA weights')
+    p.add_argument(UNSAFE_FLAG, action='store_true', help='allow a full unpickle of a trusted checkpoint')
+    p.add_argument('--device', type=device_name, help='cpu or cuda (default: cuda if available)')
+    p.add_argument('--cfg', type=bounded(float, 0), default=2.0, help='classifier-free guidance scale (0: off)')
+    p.add_argument('--cfg_start_step', type=bounded(int, 0), default=5, help='first step (global) with guidance')
+    p.add_argument('--steps_per_scale', type=bounded(int, 1), default=4, help='target sampling steps per scale')
+    p.add_argument('--temperature', type=bounded(float, 0), default=1.0, help='0: argmax')
+    p.add_argument('--top_k', type=bounded(int, 0), default=0, help='keep the k most likely codes (0: all)')
+    p.add_argument('--top_p', type=bounded(float, 0, 1, lo_open=True), default=1.0, help='nucleus sampling mass')
+    p.add_argument('--precision', choices=list(PRECISIONS), default='fp32', help='transformer precision')
+    p.add_argument('--seed', type=bounded(int, 0, MAX_BASE_SEED - 1), default=0,
+                   help='base seed; sample i uses SEED * 1_000_003 + i')
+    p.add_argument('--flops', action='store_true', help='print the counted FLOPs of one sample and exit')
+    show = p.add_argument_group('showcase (default mode)')
+    which = show.add_mutually_exclusive_group()
+    which.add_argument('--labels', type=bounded(int, 0), nargs='+', help='one image per class id')
+    which.add_argument('--random_classes', action='store_true', help='NUM_IMAGES classes drawn from --seed '
+                                                                     '(default: evenly spaced classes)')
+    show.add_argument('--num_images', type=bounded(int, 1), default=16, help='images when --labels is not given')
+    show.add_argument('--output_dir', default='samples')
+    evaluation = p.add_argument_group('evaluation batch (runs under torchrun too)')
+    evaluation.add_argument('--num_samples', type=bounded(int, 1), help='N samples, labels i * num_classes // N')
+    evaluation.add_argument('--output_npz', help='ADM-layout .npz: arr_0 (N, H, W, 3) uint8 and labels')
+    evaluation.add_argument('--batch_size', type=bounded(int, 1), default=32, help='samples per process and pass')
+    args = p.parse_args(argv)
+    if (args.num_samples is None) != (args.output_npz is None):
+        p.error('--num_samples and --output_npz go together')
+    if args.num_samples and (args.labels or args.random_classes or args.flops):
+        p.error('--labels, --random_classes and --flops do not apply to --num_samples (balanced labels)')
+    return args
+
+
+def sample_kwargs(args):
+    return dict(cfg=args.cfg, cfg_start_step=args.cfg_start_step, steps_per_scale=args.steps_per_scale,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=args.precision)
+
+
+def showcase_labels(model, args):
+    """(B,) labels of the showcase images, or None for an unconditional model."""
+    if not model.class_cond:
+        if args.labels or args.random_classes:
+            raise ValueError('this model is unconditional: --labels and --random_classes do not apply')
+        return None
+    if args.labels:
+        bad = [label for label in args.labels if label >= model.num_classes]
+        if bad:
+            raise ValueError(f'labels {bad} out of range: this model has classes 0..{model.num_classes - 1}')
+        return torch.tensor(args.labels)
+    if args.random_classes:
+        return torch.randint(model.num_classes, (args.num_images,), generator=torch.Generator().manual_seed(args.seed))
+    return balanced_labels(args.num_images, model.num_classes)
+
+
+def print_flops(model, labels, args):
+    """Counted FLOPs of one batch-1 sample (the CFG doubling included), with and without decoding."""
+    flops = {}
+    for decode in ('top', 'none'):
+        with FlopCounterMode(display=False) as counter:
+            model.sample(labels=None if labels is None else labels[:1], batch_size=1,
+                         seeds=sample_seeds(args.seed, [0]), decode=decode, **sample_kwargs(args))
+        flops[decode] = counter.get_total_flops()
+    print(f'FLOPs of one sample: {flops["top"] / 1e9:.4g} GFLOP with decoding, {flops["none"] / 1e9:.4g} GFLOP '
+          f'without (cfg {args.cfg}, {args.steps_per_scale} steps per scale)')
+
+
+def showcase(model, labels, args, device):
+    """Sample, time it, and write the grid, per-sample PNGs and maps figures, the GIF and codes.npz."""
+    n = args.num_images if labels is None else len(labels)
+    seeds = sample_seeds(args.seed, range(n))
+    start = time.perf_counter()
+    out = model.sample(labels=labels, batch_size=n, seeds=seeds, decode='top', **sample_kwargs(args))
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    print(f'{n} images, {out.num_steps} sequential steps, {1000 * seconds / n:.1f} ms per image ({device})')
+
+    folder = args.output_dir
+    os.makedirs(folder, exist_ok=True)
+    images = out.images[-1]  # (B, 3, H, W)
+    save_grid(images, os.path.join(folder, 'samples_grid.png'), nrow=math.ceil(math.sqrt(n)))
+    extra = {} if labels is None else {'labels': labels.numpy()}
+    atomic_savez(os.path.join(folder, 'codes.npz'), seeds=np.array(seeds), **extra,
+                 **{f'codes_{s}': c.cpu().numpy() for s, c in zip(model.sides, out.codes)})
+    maps = {k: [m.cpu().numpy() for m in v] for k, v in out.maps.items()}  # [(B, s, s)] per scale
+    for i, image in enumerate(to_uint8(images)):
+        save_png(image, os.path.join(folder, f'sample_{i:04d}.png'))
+        figure = maps_figure(image, *([m[i] for m in maps[k]] for k in ('step', 'prob', 'entropy')),
+                             model.vocab_size)
+        save_png(np.asarray(figure), os.path.join(folder, f'sample_{i:04d}_maps.png'))
+    frames = formation_frames(model.autoenc, [c[0] for c in out.codes], [s[0] for s in out.maps['step']],
+                              model.img_size)
+    save_gif(frames, os.path.join(folder, 'sample_0000_forming.gif'))
+    print(f'wrote {n} samples, their maps and sample_0000_forming.gif to {folder}')
+
+
+def run(args):
+    if args.device and args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'--device {args.device}: no GPU available')
+    dist = init_distributed(args.device)
+    if dist.enabled and not args.num_samples:
+        raise ValueError('only --num_samples runs on several processes')
+    model = load_generator(args.checkpoint, args.use_ema, dist.device, allow_unsafe=args.unsafe_load)
+    if args.num_samples:
+        settings = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
+                    'num_samples': args.num_samples, 'seed': args.seed, **sample_kwargs(args)}
+        write_sample_npz(model, dist, args.num_samples, args.output_npz, args.batch_size, args.seed,
+                         sample_kwargs(args), settings)
+        return
+    labels = showcase_labels(model, args)
+    if args.flops:
+        print_flops(model, labels, args)
+    else:
+        showcase(model, labels, args, dist.device)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    finally:
+        cleanup()
+
 
 if __name__ == '__main__':
-    sys.exit('main_sample.py is not implemented yet; see README.md for what works today.')
+    main()

@@ -13,7 +13,7 @@ import main as train_main
 from data.builtin import ensure_builtin_dataset
 from data.image_folder import ImageFolderDataset
 from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_token_cache
-from models import build_generator
+from models import build_generator, load_generator
 from models.autoencoder import VQAutoencoder
 from util import checkpoint as checkpoint_io
 from util.checkpoint import load_checkpoint
@@ -88,6 +88,11 @@ def test_exact_resume(setup):
         assert torch.equal(a['model_ema'][key], b['model_ema'][key]), key
     assert a['step'] == 6 and a['epoch'] == 1 and a['batch_in_epoch'] == 1  # 5 steps per epoch
     assert yaml.safe_load((full / 'config.yaml').read_text())['model']['num_classes'] == 10
+    for use_ema in (False, True):  # the checkpoint describes itself: loads without the config files
+        model = load_generator(full / 'checkpoint-last.pth', use_ema=use_ema)
+        weights = a['model_ema'] if use_ema else a['model']
+        assert torch.equal(model.lm_head.weight, weights['lm_head.weight'])
+    assert model.sample(labels=[3], seeds=[0], steps_per_scale=2).codes[-1].shape == (1, 4, 4)
 
 
 def test_two_gloo_processes_match_one(setup):

@@ -136,10 +136,9 @@ def write_sample_npz(model, dist, num_samples, output_npz, batch_size, base_seed
                     None if labels is None else labels.numpy())
         bar.update(min(len(indices) * dist.world_size, bar.total - bar.n))  # ranks advance alike: global estimate
     bar.close()
-    barrier()
+    barrier()  # every shard written; the other ranks are done
     if dist.is_main:
-        shape = store.merge(num_samples)
         seconds = time.perf_counter() - start
-        rate = f'{len(todo) / seconds:.2f} images/s' if todo else 'nothing to draw'
+        rate = f'{len(todo) / seconds:.2f} images/s' if todo else 'nothing left to draw'
+        shape = store.merge(num_samples)
         print(f'wrote {output_npz}: arr_0 {shape} uint8 ({rate}); shards kept in {store.folder} for resuming')
-    barrier()
