@@ -2,13 +2,16 @@
 
 One process on CPU or one GPU; `torchrun --nproc_per_node N main.py --config ...` for DDP.
 `args:` keys of the config (and flags) are listed below; dotted flags override `model:` keys."""
+import os
 import sys
+import time
 
 from data.image_folder import BadImagesError
 from data.token_cache import TokenCacheMismatch
 from util.checkpoint import CheckpointError
 from util.config import ConfigError, Option, load_config
-from util.trainer import NonFiniteLoss, train
+from util.inline_eval import evaluate
+from util.trainer import LAST, NonFiniteLoss, train
 
 TRAIN_OPTIONS = {
     # data
@@ -53,20 +56,54 @@ TRAIN_OPTIONS = {
     'eval_steps_per_scale': Option(int, 4, 'checkerboard steps per scale when sampling'),
     'eval_temperature': Option(float, 1.0, 'sampling temperature'),
     'inception_weights': Option(str, None, 'local Inception weights for torch-fidelity (offline machines)'),
+    # the one-command demo
+    'autoenc_train_config': Option(str, None, 'train_ae_codebook config that trains the autoencoder into the folder '
+                                              'of model.autoenc.checkpoint_path (resumed or reused if there)'),
+    'showcase_images': Option(int, 0, 'after training, sample this many images with maps figures and a GIF '
+                                      '(main_sample.py) into output_dir/samples'),
 }
 
 
 def main(argv=None):
     try:
         config = load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0])
-        from util.inline_eval import evaluate
-        train(config, evaluate)
+        if config['args']['autoenc_train_config']:
+            ensure_autoencoder(config)
+        trainer = train(config, evaluate)
+        if config['args']['showcase_images'] and trainer.dist.is_main:
+            write_showcase(config, trainer)
     except (ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     except NonFiniteLoss as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
+
+
+def ensure_autoencoder(config):
+    """Train (or resume, or reuse) the autoencoder of model.autoenc with train_ae_codebook."""
+    from train_ae_codebook import train as train_ae
+    args, autoenc = config['args'], config['model']['autoenc']
+    folder = os.path.dirname(autoenc['checkpoint_path']) or '.'
+    done = os.path.isfile(autoenc['checkpoint_path'])
+    print(f"autoencoder: {'checking' if done else 'training'} {autoenc['checkpoint_path']} with "
+          f"python -m train_ae_codebook.train --config {args['autoenc_train_config']} --output_dir {folder}",
+          file=sys.stderr)
+    start = time.perf_counter()
+    train_ae.main(['--config', args['autoenc_train_config'], '--output_dir', folder])
+    print(f'autoencoder ready ({time.perf_counter() - start:.0f} s)', file=sys.stderr)
+
+
+def write_showcase(config, trainer):
+    """Samples with maps figures and the step-by-step GIF, from the final checkpoint (main_sample.py)."""
+    import main_sample
+    args = config['args']
+    folder = os.path.join(args['output_dir'], 'samples')
+    main_sample.main(['--checkpoint', os.path.join(args['output_dir'], LAST), '--output_dir', folder,
+                      '--num_images', str(args['showcase_images']), '--cfg', str(args['cfg']),
+                      '--cfg_start_step', str(args['cfg_start_step']), '--steps_per_scale',
+                      str(args['eval_steps_per_scale']), '--temperature', str(args['eval_temperature']),
+                      '--seed', str(args['seed'])] + (['--use_ema'] if args['ema'] else []))
 
 
 if __name__ == '__main__':

@@ -25,8 +25,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
 
 
 class AdaLNModulation(nn.Module):
@@ -38,7 +37,7 @@ class AdaLNModulation(nn.Module):
 
     def forward(self, x, y):
         shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)  # (B, 1, C) each
-        return x * scale + shift
+        return torch.addcmul(shift, x, scale)
 
 
 class UnitModulus(nn.Module):
@@ -99,10 +98,11 @@ class RotaryTable(nn.Module):
 
 
 def apply_rotary(x, cos, sin):
-    """x (B, H, S, D) * cos + rotate_half(x) * sin."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).type_as(x)
+    """x * cos + rotate_half(x) * sin for x (B, H, S, D), rotate_half(x) = concat(-x[D/2:], x[:D/2])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c1, c2 = cos.chunk(2, dim=-1)
+    s1, s2 = sin.chunk(2, dim=-1)
+    return torch.cat([x1 * c1 - x2 * s1, x2 * c2 + x1 * s2], dim=-1).type_as(x)
 
 
 class KVCache:

@@ -5,8 +5,10 @@ probe_report gives, for generated samples with requested labels:
 - real_class_consistency: the same for the held-out real images (root/val), i.e. the probe's val accuracy,
   the ceiling;
 - frechet: Frechet distance between sample and val features (the probe's pooled penultimate features);
-- frechet_real_baseline: the same for a seeded random subset of root/train of the samples' size vs val, so both
-  distances compare the same numbers of images with the same val set (Frechet distances are biased by set size).
+- frechet_real_baseline: the same for a seeded random subset of root/train of the samples' size (all of
+  train if it has fewer) vs val, so both distances compare the same numbers of images with the same val set
+  (Frechet distances are biased by set size). On shapes32 this baseline is within the spread of val-half vs
+  val-half distances, so the probe having seen the train images does not bias it noticeably.
 
 Real images are read as the ADM reference batches are (center_crop_arr to image_size). Training augments them
 with a random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x TenCrop views the generator
@@ -15,6 +17,8 @@ is trained on.
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,19 +31,21 @@ from data.transforms import center_crop_arr
 from util.adm_metrics import frechet_distance, gaussian_stats
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
 
-PROBE_WIDTH = 32  # channels of the first stage; doubled per stage, features have 4 * PROBE_WIDTH
+PROBE_WIDTH = 32  # channels of the first block; features have 4 * PROBE_WIDTH
 MAX_ZOOM = 1.15  # training augmentation: zoom in [1, MAX_ZOOM]
 MAX_SHIFT = 0.0625  # training augmentation: shift up to this fraction of the side, beyond what zoom frees
 
 
-def _block(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _block(cin, cout, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class ClassProbe(nn.Module):
-    """Small CNN classifier: 4 conv stages (the first three halve the side) + global average pool + linear.
+    """Small CNN classifier: 4 conv blocks (the first three stride 2) + global average pool + linear.
 
     Input (B, 3, S, S) in [-1, 1], any S (adaptive pooling); `classes` and `image_size` describe its training.
+    Channels-last weights and activations (about 20% faster on a CPU).
     """
 
     def __init__(self, classes, image_size, width=PROBE_WIDTH, generator=None):
@@ -47,22 +53,21 @@ class ClassProbe(nn.Module):
         self.classes = list(classes)
         self.image_size = image_size
         self.width = width
-        widths = [width, 2 * width, 4 * width, 4 * width]
+        self.val_accuracy = None  # set by train_probe and load_probe
         self.stages = nn.Sequential(
-            _block(3, widths[0]), nn.MaxPool2d(2),
-            _block(widths[0], widths[1]), nn.MaxPool2d(2),
-            _block(widths[1], widths[2]), nn.MaxPool2d(2),
-            _block(widths[2], widths[3]),
+            _block(3, width, 2), _block(width, 2 * width, 2), _block(2 * width, 4 * width, 2),
+            _block(4 * width, 4 * width, 1),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(widths[3], len(self.classes))
+        self.head = nn.Linear(4 * width, len(self.classes))
         self._init_weights(generator)
+        self.to(memory_format=torch.channels_last)
 
     def _init_weights(self, generator):
+        """PyTorch's default scale (kaiming_uniform_, a=sqrt(5)), drawn from generator; zero biases."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity='relu', generator=generator)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01, generator=generator)
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
     @property
@@ -70,10 +75,15 @@ class ClassProbe(nn.Module):
         return dict(classes=self.classes, image_size=self.image_size, width=self.width)
 
     def features(self, x):
-        return self.stages(x)  # (B, 4 * width)
+        return self.stages(x.contiguous(memory_format=torch.channels_last))  # (B, 4 * width)
 
     def forward(self, x):
         return self.head(self.features(x))  # (B, classes)
+
+
+def _read_image(path, image_size):
+    with Image.open(path) as image:
+        return np.asarray(center_crop_arr(image.convert('RGB'), image_size))  # (S, S, 3)
 
 
 def load_real_images(root, split, image_size, max_images=None, seed=0, log=print):
@@ -88,14 +98,10 @@ def load_real_images(root, split, image_size, max_images=None, seed=0, log=print
     bad = set(find_unreadable_images([path for path, _ in samples]))
     if bad:
         log(f'class probe: skipping {len(bad)} unreadable image(s) under {root}/{split}, e.g. {next(iter(bad))}')
-    images, labels = [], []
-    for path, label in samples:
-        if path in bad:
-            continue
-        with Image.open(path) as image:
-            images.append(np.asarray(center_crop_arr(image.convert('RGB'), image_size)))
-        labels.append(label)
-    return np.stack(images), np.array(labels, dtype=np.int64), classes
+    samples = [(path, label) for path, label in samples if path not in bad]
+    with ThreadPoolExecutor() as pool:  # PIL decodes without the GIL
+        images = list(pool.map(partial(_read_image, image_size=image_size), [path for path, _ in samples]))
+    return np.stack(images), np.array([label for _, label in samples], dtype=np.int64), classes
 
 
 def to_model_input(images, image_size, device):
@@ -166,6 +172,7 @@ def load_probe(path, device, classes=None, image_size=None):
                               f'delete it or use another path')
     probe = ClassProbe(**config)
     load_matching_state_dict(probe, ckpt['state_dict'], path)
+    probe.val_accuracy = ckpt.get('val_accuracy')
     return probe.to(device).eval()
 
 
@@ -178,8 +185,7 @@ def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr
     classes, _ = scan_image_folder(root, 'train')
     if os.path.exists(out_path):
         probe = load_probe(out_path, device, classes, image_size)
-        log(f'class probe: loaded {out_path} (val accuracy {load_checkpoint(out_path)["val_accuracy"]:.4f}); '
-            f'not retraining')
+        log(f'class probe: loaded {out_path} (val accuracy {probe.val_accuracy:.4f}); not retraining')
         return probe
     start = time.time()
     images, labels, _ = load_real_images(root, 'train', image_size, log=log)
@@ -209,6 +215,7 @@ def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr
         val_accuracy = class_consistency(probe_outputs(probe, val_images, device)[0], val_labels)
         log(f'class probe: epoch {epoch + 1}/{epochs} loss {total_loss / steps_per_epoch:.4f} '
             f'val accuracy {val_accuracy:.4f} ({time.time() - start:.0f} s)')
+    probe.val_accuracy = val_accuracy
     save_checkpoint({'state_dict': probe.state_dict(), 'classes': classes, 'image_size': image_size,
                      'val_accuracy': val_accuracy, 'config': probe.config,
                      'train': dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)}, out_path)

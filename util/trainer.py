@@ -57,7 +57,7 @@ def validate(config):
         path = model['autoenc'].get(key)
         if path is None or not os.path.isfile(resolve_path(path)):
             raise ConfigError(f'autoencoder file not found: model.autoenc.{key} = {path} '
-                              '(see pretrained_models/README.md, or train one with train_ae_codebook)')
+                              '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
     try:
