@@ -182,15 +182,21 @@ class CheckerboardGenerator(nn.Module):
         inputs = self.token_inputs(self.seq_positions, torch.cat(src, 1), carried_pos, torch.cat(carried_vecs, 1))
         return inputs, torch.cat(targets, 1), carried_pos, torch.cat(block_ids)
 
-    def hidden_states(self, inputs, labels, carried_pos, block_ids):
-        """Transformer over [class token] + inputs under the block mask -> (B, P, C) (class token dropped)."""
+    def full_sequence(self, inputs, labels, carried_pos, block_ids):
+        """Prepend the class token (if class-conditional). Returns inputs (B, L, C), the class condition,
+        the rotary rows of the current and carried positions (L,) and the block ids (L,)."""
         cond = self.class_condition(labels)
-        class_row = self.llama.rotary_emb.class_row
         cur_ids, past_ids = self.seq_positions, self.rotary_past_ids(carried_pos)
         if self.class_cond:
+            class_row = self.llama.rotary_emb.class_row
             inputs = torch.cat([cond, inputs], dim=1)
             block_ids = F.pad(block_ids, (1, 0))
             cur_ids, past_ids = F.pad(cur_ids, (1, 0), value=class_row), F.pad(past_ids, (1, 0), value=class_row)
+        return inputs, cond, cur_ids, past_ids, block_ids
+
+    def hidden_states(self, inputs, labels, carried_pos, block_ids):
+        """Transformer over [class token] + inputs under the block mask -> (B, P, C) (class token dropped)."""
+        inputs, cond, cur_ids, past_ids, block_ids = self.full_sequence(inputs, labels, carried_pos, block_ids)
         mask = block_ids[None, :] <= block_ids[:, None]  # (L, L): query i sees key j iff block j <= block i
         h = self.llama(inputs, cond, cur_ids, past_ids, mask)
         return h[:, 1:] if self.class_cond else h
@@ -235,13 +241,15 @@ class CheckerboardGenerator(nn.Module):
             blocks, folds = self.eval_block_sizes(self.num_blocks_per_scale), [False] * len(self.sides)
         inputs, targets, carried_pos, block_ids = self.sequence_inputs(codes, blocks, folds, generator, rows)
         logits = self.head(self.hidden_states(inputs, labels, carried_pos, block_ids))  # (B, P, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        token_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction='none')
+        loss = token_loss.mean()
         stats = {'loss': loss.detach()}
         with torch.no_grad():
+            token_loss = token_loss.view(B, -1)
+            correct = (logits.argmax(-1) == targets).float()  # (B, P)
             for i, side in enumerate(self.sides):
-                lg, tg = logits[:, self.scale_slice(i)], targets[:, self.scale_slice(i)]
-                stats[f'loss_s{side}'] = F.cross_entropy(lg.flatten(0, 1).float(), tg.flatten())
-                stats[f'acc_s{side}'] = (lg.argmax(-1) == tg).float().mean()
+                stats[f'loss_s{side}'] = token_loss[:, self.scale_slice(i)].mean()
+                stats[f'acc_s{side}'] = correct[:, self.scale_slice(i)].mean()
         return loss, stats
 
     def sample(self, **kwargs):

@@ -77,15 +77,8 @@ def masked_baseline_forward(model, codes, labels):
     """The plain formulation: a dense additive float mask per sample (B, 1, L, L), as in the published code."""
     blocks = model.eval_block_sizes(model.num_blocks_per_scale)
     inputs, targets, carried_pos, block_ids = model.sequence_inputs(codes, blocks, [False] * len(model.sides))
-    cond = model.class_condition(labels)
-    cur, past = model.seq_positions, model.rotary_past_ids(carried_pos)
-    if model.class_cond:
-        row = model.llama.rotary_emb.class_row
-        inputs = torch.cat([cond, inputs], 1)
-        block_ids = torch.nn.functional.pad(block_ids, (1, 0))
-        cur, past = (torch.nn.functional.pad(t, (1, 0), value=row) for t in (cur, past))
-    allowed = block_ids[None, :] <= block_ids[:, None]
-    mask = torch.where(allowed, 0.0, -1e9).expand(inputs.shape[0], 1, -1, -1)
+    inputs, cond, cur, past, block_ids = model.full_sequence(inputs, labels, carried_pos, block_ids)
+    mask = torch.where(block_ids[None, :] <= block_ids[:, None], 0.0, -1e9).expand(inputs.shape[0], 1, -1, -1)
     h = model.llama(inputs, cond, cur, past, mask)
     h = h[:, 1:] if model.class_cond else h
     return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1).float(), targets.flatten())
