@@ -49,6 +49,11 @@ def parse_value(text):
         return text
 
 
+def parse_text(text):
+    """A string flag; `null` (or `None`) unsets it."""
+    return None if text in ('null', 'None') else text
+
+
 def set_dotted(tree, dotted, value):
     node = tree
     *parents, leaf = dotted.split('.')
@@ -64,12 +69,12 @@ def build_parser(schema, description):
     parser.add_argument('--config', required=True, help='YAML file with model: and args: sections')
     for key, option in schema.items():
         if option.type is bool:
-            parser.add_argument(f'--{key}', type=parse_value, nargs='?', const=True, default=None, help=option.help)
+            parser.add_argument(f'--{key}', type=parse_value, nargs='?', const=True, default=argparse.SUPPRESS, help=option.help)
         elif option.type is list:
-            parser.add_argument(f'--{key}', type=parse_value, nargs='+', default=None, help=option.help)
+            parser.add_argument(f'--{key}', type=parse_value, nargs='+', default=argparse.SUPPRESS, help=option.help)
         else:
-            parser.add_argument(f'--{key}', type=parse_value if option.type is not str else str, default=None,
-                                help=option.help)
+            parser.add_argument(f'--{key}', type=parse_value if option.type is not str else parse_text,
+                                default=argparse.SUPPRESS, help=option.help)
     return parser
 
 
@@ -103,10 +108,8 @@ def load_config(argv, schema, description=''):
     for key in args:
         if key not in schema:
             raise ConfigError(f"{known.config}: unknown key 'args.{key}'{closest(key, schema)}")
-    for key in schema:
-        flag = getattr(known, key)
-        if flag is not None:
-            args[key] = flag
+    given = vars(known)
+    args.update({key: given[key] for key in schema if key in given})
     args = {key: check_type(key, args.get(key, option.default), option) for key, option in schema.items()}
     args['config'] = known.config
     model = dict(raw.get('model') or {})
