@@ -1,0 +1,269 @@
+"""Train a VQ autoencoder's codebook, or the whole autoencoder, on the quantization pyramid.
+
+    python -m train_ae_codebook.train --config train_ae_codebook/configs/requant_llamagen.yaml
+    python -m train_ae_codebook.train --config train_ae_codebook/configs/shapes32.yaml --steps 3000
+
+The first quantize_iter_start steps gather per-scale statistics of the encoder outputs (a full autoencoder
+trains unquantized meanwhile); the codebook is then drawn from them and trained with the VQ loss, and dead
+codes are redrawn every reinit_every steps. Writes output_dir/checkpoint-last.pth with autoencoder_config.yaml
+beside it (load_autoencoder reads the pair), config.yaml, log.jsonl and pictures/; a run resumes from
+output_dir/checkpoint-last.pth when it is there. Under torchrun it trains with DDP.
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from models.checkerboard import scale_sizes
+from train_ae_codebook.build import (SCHEMA, autoencoder_config, build_autoencoder, build_datasets, check_args,
+                                     frozen_modules, load_start_weights, spread_images, spread_subset,
+                                     write_yaml)
+from train_ae_codebook.codebook import (MomentStats, init_codebook_from_stats, live_codes, perplexity,
+                                        reinit_dead_codes, update_usage)
+from train_ae_codebook.metrics import evaluate_pyramid, flat_metrics, format_metrics, save_pyramid_picture
+from train_ae_codebook.objective import PyramidObjective, training_sides
+from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
+from util.config import ConfigError, dump_config, load_config
+from util.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+from util.run_log import RunLog
+
+CHECKPOINT = 'checkpoint-last.pth'
+PICTURE_IMAGES = 8
+
+
+def sum_over_ranks(tensor):
+    """tensor summed over DDP ranks, in place (unchanged in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def lr_at(step, args):
+    """Constant lr while gathering statistics, then a cosine decay to lr * min_lr_ratio at the last step."""
+    start = args['quantize_iter_start']
+    if step < start or args['min_lr_ratio'] == 1:
+        return args['lr']
+    progress = (step - start) / max(1, args['steps'] - start)
+    return args['lr'] * (args['min_lr_ratio'] + (1 - args['min_lr_ratio']) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resume_path(args):
+    """The checkpoint to resume from: args.resume, else output_dir's last checkpoint if present, else None."""
+    if args['resume']:
+        if not os.path.isfile(args['resume']):
+            raise ConfigError(f"args.resume: checkpoint not found: {args['resume']}")
+        return args['resume']
+    path = os.path.join(args['output_dir'], CHECKPOINT)
+    return path if os.path.isfile(path) else None
+
+
+def epoch_batches(dataset, epoch, skip, args, info):
+    """DataLoader over this rank's shuffled share of the dataset in `epoch`, leaving out its first skip batches."""
+    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=args['seed'],
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    indices = list(sampler)[skip * args['batch_size']:]
+    return DataLoader(dataset, args['batch_size'], sampler=indices, num_workers=args['num_workers'],
+                      drop_last=True, pin_memory=info.device.type == 'cuda')
+
+
+class Trainer:
+    """The state of one run: autoencoder, objective (DDP-wrapped), optimizer, statistics, step counter."""
+
+    def __init__(self, config):
+        self.config, self.args = config, config['args']
+        args = self.args
+        check_args(args)
+        if args['threads']:
+            torch.set_num_threads(args['threads'])
+        self.info = init_distributed(args['device'])
+        torch.manual_seed(args['seed'] + self.info.rank)
+        self.autoencoder, init = build_autoencoder(config['model'], args['config'])
+        ae = self.autoencoder
+        self.train_set, val_set = build_datasets(args, ae.resolution, args['seed'])
+        self.val_set = spread_subset(val_set, args['val_images']) if val_set is not None else None
+        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.info.world_size)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{len(self.train_set)} training images are fewer than batch_size "
+                              f"{args['batch_size']} x {self.info.world_size} rank(s)")
+        self.sides = scale_sizes(ae.resolution, ae.stride, args['scale_ratio'])
+        self.stats = MomentStats(self.sides, ae.embed_dim)
+        self.generator = torch.Generator().manual_seed(args['seed'])  # the same draws on every rank
+        self.step = 0
+        checkpoint_path = resume_path(args)
+        state = load_checkpoint(checkpoint_path) if checkpoint_path else None
+        if state is not None:
+            load_matching_state_dict(ae, state['state_dict'], checkpoint_path)
+        elif init['checkpoint']:
+            load_start_weights(ae, init['checkpoint'])
+        self.frozen = frozen_modules(ae, init)
+        for module in self.frozen:
+            module.requires_grad_(False)
+        ae.to(self.info.device)
+        reconstruct = any(p.requires_grad for m in (ae.encoder, ae.decoder, ae.quant_conv, ae.post_quant_conv)
+                          for p in m.parameters())
+        self.objective = PyramidObjective(ae, args['beta'], reconstruct)
+        self.model = self.objective
+        if self.info.enabled:
+            self.model = DistributedDataParallel(
+                self.objective, device_ids=[self.info.local_rank] if self.info.device.type == 'cuda' else None,
+                find_unused_parameters=True)
+        self.optimizer = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=args['lr'],
+                                          betas=tuple(args['adam_betas']))
+        if state is not None:
+            self.resume(state, checkpoint_path)
+        self.log = RunLog(args['output_dir'], self.info.is_main)
+        self.log.truncate_after(self.step)
+        if self.info.is_main:
+            dump_config(config, os.path.join(args['output_dir'], 'config.yaml'))
+            write_yaml(autoencoder_config(config['model']),
+                       os.path.join(args['output_dir'], 'autoencoder_config.yaml'))
+
+    def resume(self, state, path):
+        """Optimizer, step, random states and latent statistics of a checkpoint (the weights are loaded)."""
+        try:
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.stats.load_state_dict(state['codebook_stats'])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f'{path}: cannot resume this run from it ({e})') from None
+        self.step = state['step']
+        self.generator.set_state(state['rng']['generator'])
+        torch.set_rng_state(state['rng']['torch'])
+        if self.info.is_main:
+            print(f'resumed from {path} at step {self.step}')
+
+    def set_train_mode(self):
+        self.objective.train()
+        for module in self.frozen:
+            module.eval()
+
+    def train_step(self, images):
+        """One optimizer step (or one statistics step); returns the numbers to log."""
+        args, ae = self.args, self.autoencoder
+        quantize = bool(ae.quantize.initialized)
+        sides = training_sides(self.sides, ae.requant_pyramid_levels, args['p_train_random_scale'], self.generator)
+        lr = lr_at(self.step, args)
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        with torch.set_grad_enabled(self.objective.reconstruct or quantize):
+            out = self.model(images, sides, quantize)
+        if not torch.isfinite(out['loss']):
+            raise FloatingPointError(f"non-finite loss {float(out['loss'])} at step {self.step}; "
+                                     f"lower args.lr or check the data")
+        if out['loss'].requires_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            out['loss'].backward()
+            self.optimizer.step()
+        record = {key: float(out[key].detach()) for key in ('loss', 'vq', 'recon')}
+        if quantize:
+            codes = torch.cat([c.flatten() for c in out['codes'].values()])
+            counts = sum_over_ranks(torch.bincount(codes, minlength=ae.n_embed).float())
+            update_usage(ae.cluster_usage_train, counts, args['usage_alpha'])
+            done = self.step + 1 - args['quantize_iter_start']
+            if args['reinit_every'] and done > 0 and done % args['reinit_every'] == 0:
+                live = live_codes(ae.cluster_usage_train, args['dead_threshold'])
+                record['reinit'] = reinit_dead_codes(ae, live, self.generator)
+        else:
+            for side, latents in out['latents'].items():
+                self.stats.update(side, latents)
+            if self.step + 1 >= args['quantize_iter_start']:
+                for moments in (self.stats.count, self.stats.sum, self.stats.sum_sq):
+                    sum_over_ranks(moments)
+                rows = init_codebook_from_stats(ae, self.stats, self.generator)
+                record['init_rows'] = rows
+        self.step += 1
+        return record
+
+    def usage_record(self):
+        usage = self.autoencoder.cluster_usage_train
+        live = live_codes(usage, self.args['dead_threshold'])
+        return {'usage': float(live.float().mean()), 'perplexity': perplexity(usage)}
+
+    def save(self):
+        if not self.info.is_main:
+            return
+        state = {'state_dict': self.autoencoder.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                 'step': self.step, 'epoch': self.step // self.steps_per_epoch,
+                 'rng': {'torch': torch.get_rng_state(), 'generator': self.generator.get_state()},
+                 'codebook_stats': self.stats.state_dict(), 'config': self.config}
+        save_checkpoint(state, os.path.join(self.args['output_dir'], CHECKPOINT))
+
+    def validate(self, final=False):
+        """Per-scale metrics on the validation images and a picture (rank 0); None before the codebook exists."""
+        results = None
+        if self.info.is_main and self.val_set is not None and bool(self.autoencoder.quantize.initialized):
+            ae = self.autoencoder.eval()
+            loader = DataLoader(self.val_set, self.args['batch_size'], num_workers=self.args['num_workers'])
+            results = evaluate_pyramid(ae, (batch[0] for batch in loader), self.sides)
+            self.log.write(self.step, flat_metrics(results))
+            images = spread_images(self.val_set, PICTURE_IMAGES)
+            folder = os.path.join(self.args['output_dir'], 'pictures')
+            os.makedirs(folder, exist_ok=True)
+            name = 'final.png' if final else f'step{self.step:07d}.png'
+            save_pyramid_picture(ae, images.to(self.info.device), self.sides, os.path.join(folder, name))
+            self.set_train_mode()
+        barrier()
+        return results
+
+    def run(self):
+        args = self.args
+        self.set_train_mode()
+        bar = tqdm(total=args['steps'], initial=self.step, disable=not self.info.is_main, desc='train')
+        window, started = [], time.time()
+        while self.step < args['steps']:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            for images, _, _ in epoch_batches(self.train_set, epoch, skip, args, self.info):
+                record = self.train_step(images.to(self.info.device, non_blocking=True))
+                window.append(record)
+                if 'init_rows' in record and self.info.is_main:
+                    tqdm.write(f"step {self.step}: codebook drawn from latent statistics, rows per scale "
+                               f"{dict(zip(self.sides, record['init_rows']))}")
+                if record.get('reinit') and self.info.is_main:
+                    tqdm.write(f"step {self.step}: re-initialized {record['reinit']} dead codes")
+                if self.step % args['log_every'] == 0 or self.step == args['steps']:
+                    means = all_reduce_mean({k: sum(r[k] for r in window) / len(window)
+                                             for k in ('loss', 'vq', 'recon')}, self.info.device)
+                    means.update(self.usage_record(), lr=self.optimizer.param_groups[0]['lr'],
+                                 reinit=sum(r.get('reinit', 0) for r in window),
+                                 sec_per_step=(time.time() - started) / len(window))
+                    self.log.write(self.step, means)
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", usage=f"{means['usage']:.2f}")
+                    window, started = [], time.time()
+                bar.update(1)
+                if self.step % args['save_every'] == 0:
+                    self.save()
+                if args['val_every'] and self.step % args['val_every'] == 0 and self.step < args['steps']:
+                    self.validate()
+                if self.step >= args['steps']:
+                    break
+        bar.close()
+        self.save()
+        results = self.validate(final=True)
+        if results is not None:
+            print(format_metrics(results))
+        self.log.close()
+
+
+def main(argv=None):
+    try:
+        config = load_config(argv, SCHEMA, __doc__.splitlines()[0])
+        Trainer(config).run()
+    except (ConfigError, CheckpointError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()
+
+
+if __name__ == '__main__':
+    main()
