@@ -3,6 +3,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -15,3 +16,13 @@ def fixtures_dir():
     if not os.path.isdir(FIXTURES):
         pytest.fail(f'seed-compatibility fixtures not found at {FIXTURES} (set CHECKERBOARD_SHARED)')
     return FIXTURES
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models run fastest so, and decoded pixels can move by one level with the
+    thread count (torchrun ranks run one thread each)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,15 +27,6 @@ def checkpoint(fixtures_dir, tmp_path, monkeypatch):
     return f'{fixtures_dir}/checkerboard-tiny-2x/checkpoint-last.pth'
 
 
-@pytest.fixture
-def one_thread():
-    """Decoded pixels can move by one level with the thread count; torchrun ranks run one thread each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def unconditional(fixtures_dir, tmp_path_factory):
     """A random-weight unconditional project checkpoint (32 px: scales 1, 2), config inside it."""

@@ -29,13 +29,7 @@ def params(n_embed=256, embed_dim=4, normalize=True, levels=1):
                 resolution=SIZE, ddconfig=DDCONFIG)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
