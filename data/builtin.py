@@ -28,6 +28,7 @@ SPLITS = ('train', 'val')
 
 BUILTIN_DATASETS = {
     'shapes32': dict(size=32, train_per_class=1000, val_per_class=100, seed=0),
+    'shapes32-small': dict(size=32, train_per_class=300, val_per_class=100, seed=0),  # the CPU demo
     'shapes64': dict(size=64, train_per_class=1000, val_per_class=100, seed=0),
 }
 
