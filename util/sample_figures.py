@@ -16,6 +16,7 @@ UNDRAWN = (40, 40, 40)
 MIN_LOG10_PROB = -4.0  # lower end of the probability colour scale
 PANEL, IMAGE, PLOT_W, GAP, TEXT = 96, 192, 320, 8, 16  # figure layout, px
 FRAME_MS, LAST_FRAME_MS = 400, 2000
+MIN_FRAME_SIDE = 128
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,7 +115,9 @@ def formation_frames(autoenc, codes, steps, size):
     """One frame per drawing step: the current scale decoded from the codes drawn so far (cells not drawn yet
     hold the previous scale's code vectors, upscaled) beside the map of the drawn cells, newest brightest.
 
-    codes, steps: [(s, s)] long tensors of one sample per scale; size: displayed side in px."""
+    codes, steps: [(s, s)] long tensors of one sample per scale; size: displayed side in px (at least
+    MIN_FRAME_SIDE, so that small images stay visible and the caption fits)."""
+    size = max(size, MIN_FRAME_SIDE)
     frames, prev = [], None
     total = int(steps[-1].max()) + 1
     for code, step in zip(codes, steps):
