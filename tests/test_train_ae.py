@@ -255,6 +255,8 @@ def test_rfid_with_a_feature_function():
     ({'init': {'checkpoint': '/nonexistent.pt'}}, {}, [], 'checkpoint not found'),
     ({'init': {'freeze_encoder': True}}, {}, [], 'needs model.init.checkpoint'),
     ({}, {'p_train_random_scale': 2}, [], 'must be in [0, 1]'),
+    ({}, {'scale_ratio': 1}, [], 'scale_ratio must be a finite number > 1'),
+    ({'init': {'checkpoint': 3}}, {}, [], 'model.init.checkpoint must be str'),
 ])
 def test_config_errors_exit_2(tmp_path, data_dir, capsys, model, args, flags, message):
     config = {'params': params(), **model}
@@ -265,3 +267,10 @@ def test_config_errors_exit_2(tmp_path, data_dir, capsys, model, args, flags, me
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_bad_input_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(['--checkpoint', str(tmp_path / 'missing.pth')])
+    assert exit_info.value.code == 2
+    assert 'not found' in capsys.readouterr().err

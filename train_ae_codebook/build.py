@@ -10,6 +10,7 @@ import yaml
 from data.builtin import resolve_data_path
 from data.image_folder import ImageFolderDataset
 from models.autoencoder import ARCH_PARAMS, VQAutoencoder, autoencoder_kwargs
+from models.checkerboard import scale_sizes
 from util.checkpoint import load_checkpoint, load_matching_state_dict, unwrap_state_dict
 from util.config import ConfigError, Option, closest
 
@@ -73,6 +74,9 @@ def build_autoencoder(model_cfg, source):
     init = dict(model_cfg.get('init') or {})
     _check_keys(init, INIT_OPTIONS, 'model.init')
     init = {key: init.get(key, option.default) for key, option in INIT_OPTIONS.items()}
+    for key, option in INIT_OPTIONS.items():
+        if init[key] is not None and not isinstance(init[key], option.type):
+            raise ConfigError(f'{source}: model.init.{key} must be {option.type.__name__}, got {init[key]!r}')
     frozen = [key for key in INIT_OPTIONS if key.startswith('freeze_') and init[key]]
     if frozen and not init['checkpoint']:
         raise ConfigError(f'{source}: model.init.{frozen[0]} needs model.init.checkpoint (frozen random weights)')
@@ -97,6 +101,14 @@ def check_args(args):
         raise ConfigError(f"args.adam_betas must be two numbers, got {args['adam_betas']}")
 
 
+def pyramid_sides(autoencoder, scale_ratio):
+    """Token-grid sides of the autoencoder's pyramid at its resolution, ascending; ConfigError if impossible."""
+    try:
+        return scale_sizes(autoencoder.resolution, autoencoder.stride, scale_ratio)
+    except ValueError as e:
+        raise ConfigError(f'args.scale_ratio / model.params.resolution: {e}') from None
+
+
 def load_start_weights(autoencoder, path):
     """Encoder, decoder and quant convs from a start checkpoint (any layout load_autoencoder reads);
     the codebook and its buffers stay new."""
@@ -117,8 +129,7 @@ def frozen_modules(autoencoder, init):
 
 def autoencoder_config(model_cfg):
     """The published autoencoder config (model: target, params) of a training config, for load_autoencoder."""
-    params = {k: v for k, v in model_cfg['params'].items() if k in ARCH_PARAMS}
-    return {'model': {'target': model_cfg.get('target', DEFAULT_TARGET), 'params': params}}
+    return {'model': {'target': model_cfg.get('target', DEFAULT_TARGET), 'params': dict(model_cfg['params'])}}
 
 
 def write_yaml(obj, path):

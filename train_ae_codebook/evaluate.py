@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,8 +29,8 @@ PICTURE_IMAGES = 8
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument('--checkpoint', required=True, help='autoencoder checkpoint (any layout load_autoencoder reads)')
-    parser.add_argument('--config', help='autoencoder config yaml (default: autoencoder_config.yaml beside the checkpoint)')
+    parser.add_argument('--checkpoint', required=True, help='autoencoder checkpoint (a layout load_autoencoder reads)')
+    parser.add_argument('--config', help='autoencoder config yaml (default: autoencoder_config.yaml beside it)')
     parser.add_argument('--data_path', default='shapes32', help='ImageFolder root or a built-in dataset name')
     parser.add_argument('--data_cache', default='data/builtin', help='folder where built-in datasets are generated')
     parser.add_argument('--split', default='val')
@@ -53,8 +52,8 @@ def inception_features(weights_path):
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
         cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(URL_INCEPTION_V3))
         if not os.path.isfile(cached):
-            warnings.warn(f'rFID skipped: no Inception weights at {cached}; pass --inception_weights PATH '
-                          f'({URL_INCEPTION_V3})')
+            print(f'warning: rFID skipped: no Inception weights at {cached}; pass --inception_weights PATH '
+                  f'({URL_INCEPTION_V3})', file=sys.stderr)
             return None
         weights_path = cached
     return TorchInception(weights_path)

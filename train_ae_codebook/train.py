@@ -20,10 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from models.checkerboard import scale_sizes
 from train_ae_codebook.build import (SCHEMA, autoencoder_config, build_autoencoder, build_datasets, check_args,
-                                     frozen_modules, load_start_weights, spread_images, spread_subset,
-                                     write_yaml)
+                                     frozen_modules, load_start_weights, pyramid_sides, spread_images,
+                                     spread_subset, write_yaml)
 from train_ae_codebook.codebook import (MomentStats, init_codebook_from_stats, live_codes, perplexity,
                                         reinit_dead_codes, update_usage)
 from train_ae_codebook.metrics import evaluate_pyramid, flat_metrics, format_metrics, save_pyramid_picture
@@ -86,25 +85,41 @@ class Trainer:
         self.info = init_distributed(args['device'])
         torch.manual_seed(args['seed'] + self.info.rank)
         self.autoencoder, init = build_autoencoder(config['model'], args['config'])
-        ae = self.autoencoder
-        self.train_set, val_set = build_datasets(args, ae.resolution, args['seed'])
-        self.val_set = spread_subset(val_set, args['val_images']) if val_set is not None else None
-        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.info.world_size)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"{len(self.train_set)} training images are fewer than batch_size "
-                              f"{args['batch_size']} x {self.info.world_size} rank(s)")
-        self.sides = scale_sizes(ae.resolution, ae.stride, args['scale_ratio'])
-        self.stats = MomentStats(self.sides, ae.embed_dim)
+        self.build_data()
+        self.sides = pyramid_sides(self.autoencoder, args['scale_ratio'])
+        self.stats = MomentStats(self.sides, self.autoencoder.embed_dim)
         self.generator = torch.Generator().manual_seed(args['seed'])  # the same draws on every rank
         self.step = 0
         checkpoint_path = resume_path(args)
         state = load_checkpoint(checkpoint_path) if checkpoint_path else None
         if state is not None:
-            load_matching_state_dict(ae, state['state_dict'], checkpoint_path)
+            load_matching_state_dict(self.autoencoder, state['state_dict'], checkpoint_path)
         elif init['checkpoint']:
-            load_start_weights(ae, init['checkpoint'])
-        self.frozen = frozen_modules(ae, init)
-        for module in self.frozen:
+            load_start_weights(self.autoencoder, init['checkpoint'])
+        self.build_training(frozen_modules(self.autoencoder, init))
+        if state is not None:
+            self.resume(state, checkpoint_path)
+        self.log = RunLog(args['output_dir'], self.info.is_main)
+        self.log.truncate_after(self.step)
+        if self.info.is_main:
+            dump_config(config, os.path.join(args['output_dir'], 'config.yaml'))
+            write_yaml(autoencoder_config(config['model']),
+                       os.path.join(args['output_dir'], 'autoencoder_config.yaml'))
+
+    def build_data(self):
+        args = self.args
+        self.train_set, val_set = build_datasets(args, self.autoencoder.resolution, args['seed'])
+        self.val_set = spread_subset(val_set, args['val_images']) if val_set is not None else None
+        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.info.world_size)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{len(self.train_set)} training images are fewer than batch_size "
+                              f"{args['batch_size']} x {self.info.world_size} rank(s)")
+
+    def build_training(self, frozen):
+        """Freeze, move to the device, wrap the objective (DDP under torchrun), make the optimizer."""
+        args, ae = self.args, self.autoencoder
+        self.frozen = frozen
+        for module in frozen:
             module.requires_grad_(False)
         ae.to(self.info.device)
         reconstruct = any(p.requires_grad for m in (ae.encoder, ae.decoder, ae.quant_conv, ae.post_quant_conv)
@@ -114,17 +129,9 @@ class Trainer:
         if self.info.enabled:
             self.model = DistributedDataParallel(
                 self.objective, device_ids=[self.info.local_rank] if self.info.device.type == 'cuda' else None,
-                find_unused_parameters=True)
+                find_unused_parameters=reconstruct)  # the codebook is unused while statistics are gathered
         self.optimizer = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=args['lr'],
                                           betas=tuple(args['adam_betas']))
-        if state is not None:
-            self.resume(state, checkpoint_path)
-        self.log = RunLog(args['output_dir'], self.info.is_main)
-        self.log.truncate_after(self.step)
-        if self.info.is_main:
-            dump_config(config, os.path.join(args['output_dir'], 'config.yaml'))
-            write_yaml(autoencoder_config(config['model']),
-                       os.path.join(args['output_dir'], 'autoencoder_config.yaml'))
 
     def resume(self, state, path):
         """Optimizer, step, random states and latent statistics of a checkpoint (the weights are loaded)."""
@@ -252,6 +259,7 @@ class Trainer:
 
 
 def main(argv=None):
+    owns_process_group = not (dist.is_available() and dist.is_initialized())  # a caller's group stays up
     try:
         config = load_config(argv, SCHEMA, __doc__.splitlines()[0])
         Trainer(config).run()
@@ -262,7 +270,8 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
     finally:
-        cleanup()
+        if owns_process_group:
+            cleanup()
 
 
 if __name__ == '__main__':
