@@ -1,5 +1,4 @@
 """Build a generator from a config in the published schema, and load published or project checkpoints."""
-import difflib
 import os
 
 import yaml
@@ -8,6 +7,7 @@ from models.autoencoder import (VQAutoencoder, autoencoder_kwargs, load_autoenco
                                 read_autoencoder_config)
 from models.generator import CheckerboardGenerator
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
+from util.config import closest
 
 MODEL_DEFAULTS = dict(scale_ratio=2, scale_min_size=1, class_cond=False, num_classes=0, num_blocks_per_scale=8,
                       uncond_training_prob=0.1, random_block_size=False, random_replace=0.0,
@@ -22,8 +22,7 @@ def check_keys(section, allowed, where):
     """Unknown keys -> ValueError naming the key and the closest valid one."""
     for key in section:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f'; valid keys: {sorted(allowed)}'
+            hint = closest(key, allowed) or f'; valid keys: {sorted(allowed)}'
             raise ValueError(f"unknown key '{where}.{key}'{hint}")
 
 

@@ -4,7 +4,6 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from models.checkerboard import sampling_block_sizes
 

@@ -1,5 +1,4 @@
 """Convolutional encoder and decoder of the VQ autoencoder (LlamaGen VQ-16 layout, state-dict compatible)."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

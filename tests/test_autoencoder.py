@@ -1,6 +1,5 @@
 """VQ autoencoder: parity with the published fixtures, any config of the format, checkpoint layouts, errors."""
 import argparse
-import os
 
 import numpy as np
 import pytest
@@ -192,7 +191,8 @@ def test_checkpoint_errors(tmp_path, fixtures_dir, fixture_ae):
     write_config(tmp_path / 'wide.yaml', dict(embed_dim=8, n_embed=1024, normalize=True,
                                                ddconfig=dict(ch=32, ch_mult=[1, 1, 1, 2, 2], z_channels=64,
                                                              num_res_blocks=1)))
-    with pytest.raises(CheckpointError, match=r'shape mismatch at cluster_usage_train: model expects \(1024,\), checkpoint has \(512,\)'):
+    mismatch = r'shape mismatch at cluster_usage_train: model expects \(1024,\), checkpoint has \(512,\)'
+    with pytest.raises(CheckpointError, match=mismatch):
         load_autoencoder(tmp_path / 'wide.yaml', f'{fixtures_dir}/autoenc/checkpoint.pth')
 
 

@@ -304,7 +304,8 @@ def test_mismatched_config_names_keys_and_shapes(tmp_path, fixtures_dir):
     cfg = yaml.safe_load((folder / 'config.yaml').read_text())
     cfg['model']['llama_config']['hidden_size'] = 32
     (folder / 'config.yaml').write_text(yaml.safe_dump(cfg))
-    with pytest.raises(CheckpointError, match=r'shape mismatch at empty_token_emb: model expects \(32,\), checkpoint has \(64,\)'):
+    mismatch = r'shape mismatch at empty_token_emb: model expects \(32,\), checkpoint has \(64,\)'
+    with pytest.raises(CheckpointError, match=mismatch):
         load_generator(folder / 'checkpoint-last.pth')
     cfg['model']['llama_config']['hidden_size'] = 64
     cfg['model']['use_head_mlp'] = True

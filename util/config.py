@@ -69,7 +69,8 @@ def build_parser(schema, description):
     parser.add_argument('--config', required=True, help='YAML file with model: and args: sections')
     for key, option in schema.items():
         if option.type is bool:
-            parser.add_argument(f'--{key}', type=parse_value, nargs='?', const=True, default=argparse.SUPPRESS, help=option.help)
+            parser.add_argument(f'--{key}', type=parse_value, nargs='?', const=True, default=argparse.SUPPRESS,
+                                help=option.help)
         elif option.type is list:
             parser.add_argument(f'--{key}', type=parse_value, nargs='+', default=argparse.SUPPRESS, help=option.help)
         else:
