@@ -1,13 +1,12 @@
 """Sampling (spec §7): scales coarse to fine, each in checkerboard blocks; one transformer pass per block over
 the new slots only, against a preallocated KV cache; classifier-free guidance; per-sample seeds."""
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from models.checkerboard import sampling_block_sizes
+from util.precision import DTYPES as PRECISIONS, autocast
 
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}
 
 
 @dataclass
@@ -88,10 +87,9 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
     B2 = 2 * B if guided else B
 
     dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     codebook = model.autoenc.codebook()
     out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'entropy': []}, labels=labels)
-    with autocast:
+    with autocast(device, precision):
         cond = model.class_condition(full_labels)  # (B2, 1, C) or None
         caches = model.llama.new_caches(B2, model.num_positions + model.class_cond,
                                         dtype or torch.float32, device)

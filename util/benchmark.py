@@ -12,11 +12,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_generator
-from models.sampler import PRECISIONS
-
-
-def autocast(device, precision):
-    return torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != 'fp32')
+from util.precision import DTYPES as PRECISIONS, autocast
 
 
 def timed(fn, repeats):
