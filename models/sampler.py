@@ -39,18 +39,23 @@ def filter_logits(logits, top_k=0, top_p=1.0):
 
 
 def draw(logits, temperature, top_k, top_p, generators):
-    """Draw one code per slot. logits (B, S, V) float32; sample b uses only generators[b] (Gumbel-max), so
-    its draw does not depend on the rest of the batch. Returns tokens, prob of the drawn code, entropy
-    (of the distribution drawn from; of softmax(logits) when temperature is 0)."""
+    """Draw one code per slot. logits (B, S, V) float32; sample b uses only generators[b] (one uniform per
+    slot, inverse-CDF), so its draw does not depend on the rest of the batch. Returns tokens, prob of the
+    drawn code, entropy (of the distribution drawn from; of softmax(logits) when temperature is 0)."""
     logits = filter_logits(logits / (temperature or 1.0), top_k, top_p)
     logp = logits.log_softmax(-1)
+    probs = logp.exp()
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        noise = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device) for g in generators])
-        tokens = (logp - torch.log(-torch.log(noise))).argmax(-1)
-    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
-    return tokens, logp.gather(-1, tokens[..., None])[..., 0].exp(), entropy
+        cdf = probs.cumsum(-1)  # (B, S, V)
+        total = cdf[..., -1:]
+        u = torch.stack([torch.rand(logits.shape[1], 1, generator=g, device=logits.device) for g in generators])
+        # u * total < total keeps the result inside [0, V); right=True never lands on a zero-probability code
+        tokens = torch.searchsorted(cdf, torch.minimum(u * total, total.nextafter(torch.zeros_like(total))),
+                                    right=True)[..., 0]  # (B, S)
+    entropy = -(probs * logp.nan_to_num(neginf=0.0)).sum(-1)
+    return tokens, probs.gather(-1, tokens[..., None])[..., 0], entropy
 
 
 @torch.no_grad()
@@ -91,11 +96,12 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
     out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'entropy': []}, labels=labels)
     with autocast(device, precision):
         cond = model.class_condition(full_labels)  # (B2, 1, C) or None
+        modulations = model.llama.modulations(cond)  # the same at every step: computed once
         caches = model.llama.new_caches(B2, model.num_positions + model.class_cond,
                                         dtype or torch.float32, device)
         if model.class_cond:  # the class token's own pass (not a step)
             class_ids = torch.full((1,), model.llama.rotary_emb.class_row, device=device)
-            model.llama(cond, cond, class_ids, class_ids, caches=caches)
+            model.llama(cond, cond, class_ids, class_ids, caches=caches, modulations=modulations)
         step, prev_vecs = 0, None
         for i, side in enumerate(model.sides):
             n = side * side
@@ -112,7 +118,8 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
                 carried_pos = torch.where(carried < 0, -1, positions[carried.clamp_min(0)])
                 x = model.token_inputs(positions[ranks], src[:, ranks], carried_pos,
                                        ranked_vecs[:, carried.clamp_min(0)])
-                h = model.llama(x, cond, positions[ranks], model.rotary_past_ids(carried_pos), caches=caches)
+                h = model.llama(x, cond, positions[ranks], model.rotary_past_ids(carried_pos), caches=caches,
+                                modulations=modulations)
                 logits = model.head(h).float()  # (B2, size, V)
                 if return_step_logits:
                     out.step_logits.append(logits)

@@ -25,19 +25,28 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if x.dtype == torch.float32:  # one fused kernel; same arithmetic
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
         return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
 
 
 class AdaLNModulation(nn.Module):
-    """x * scale + shift with (shift, scale) = Linear(SiLU(y)); the scale is used as is."""
+    """(shift, scale) = Linear(SiLU(y)) of the class condition y; applied by `modulate`."""
 
     def __init__(self, dim):
         super().__init__()
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x, y):
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)  # (B, 1, C) each
-        return torch.addcmul(shift, x, scale)
+    def forward(self, y):
+        return self.adaLN_modulation(y).chunk(2, dim=-1)  # (B, 1, C) each
+
+
+def modulate(x, shift_scale):
+    """x * scale + shift (the scale used as is), or x when shift_scale is None (unconditional)."""
+    if shift_scale is None:
+        return x
+    shift, scale = shift_scale
+    return torch.addcmul(shift, x, scale)
 
 
 class UnitModulus(nn.Module):
@@ -167,15 +176,16 @@ class Block(nn.Module):
             self.post_attention_modulation = AdaLNModulation(dim)
         self.class_cond = class_cond
 
-    def forward(self, x, cond, q_rope, k_rope, mask=None, cache=None):
-        h = self.attention_norm(x)
-        if self.class_cond:
-            h = self.input_modulation(h, cond)
-        x = x + self.attention(h, q_rope, k_rope, mask, cache)
-        h = self.ffn_norm(x)
-        if self.class_cond:
-            h = self.post_attention_modulation(h, cond)
-        return x + self.feed_forward(h)
+    def modulations(self, cond):
+        """(before attention, before the FFN) (shift, scale) pairs of cond (B, 1, C); (None, None) if
+        unconditional."""
+        if not self.class_cond:
+            return None, None
+        return self.input_modulation(cond), self.post_attention_modulation(cond)
+
+    def forward(self, x, modulations, q_rope, k_rope, mask=None, cache=None):
+        x = x + self.attention(modulate(self.attention_norm(x), modulations[0]), q_rope, k_rope, mask, cache)
+        return x + self.feed_forward(modulate(self.ffn_norm(x), modulations[1]))
 
 
 class Transformer(nn.Module):
@@ -207,12 +217,18 @@ class Transformer(nn.Module):
     def new_caches(self, batch, length, dtype, device):
         return [KVCache(batch, self.num_heads, length, self.head_dim, dtype, device) for _ in self.layers]
 
-    def forward(self, x, cond, cur_ids, past_ids, mask=None, caches=None):
+    def modulations(self, cond):
+        """Every layer's class modulations of cond (B, 1, C) or None; computed once per sampling run."""
+        return [layer.modulations(cond) for layer in self.layers]
+
+    def forward(self, x, cond, cur_ids, past_ids, mask=None, caches=None, modulations=None):
         """x (B, S, C); cond (B, 1, C) or None; cur_ids / past_ids (S,) rotary rows of the current and
-        carried positions; mask (S, S_total) bool or None; caches: list of KVCache or None."""
+        carried positions; mask (S, S_total) bool or None; caches: list of KVCache or None;
+        modulations: self.modulations(cond) when already computed."""
         cur = self.rotary_emb.cos_sin(cur_ids)
         past = self.rotary_emb.cos_sin(past_ids)
+        modulations = modulations or self.modulations(cond)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cond, cur, self.rotary_emb.key_rope(i, cur, past), mask,
+            x = layer(x, modulations[i], cur, self.rotary_emb.key_rope(i, cur, past), mask,
                       caches[i] if caches is not None else None)
         return self.norm(x)

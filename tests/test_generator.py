@@ -9,7 +9,7 @@ import yaml
 
 from models import build_generator, load_generator
 from models.checkerboard import checkerboard_order, sampling_block_sizes
-from models.sampler import filter_logits
+from models.sampler import draw, filter_logits
 from util.checkpoint import CheckpointError
 
 MODELS = ['checkerboard-tiny-2x', 'checkerboard-tiny-4x']
@@ -275,6 +275,22 @@ def test_filter_logits():
     assert kept == 2  # softmax = .64, .24, .09, .03: two codes reach 0.7
     assert torch.isfinite(filter_logits(logits, top_p=0.01)).sum() == 1
     assert torch.equal(filter_logits(logits), logits)
+
+
+def test_draw_follows_the_distribution_per_sample():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(2, 20000, -1)  # (B, S, V)
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    tokens, prob, entropy = draw(logits, 1.0, 0, 1.0, generators)
+    assert (tokens < 4).all()  # never a zero-probability code
+    freq = torch.bincount(tokens[0], minlength=5) / tokens.shape[1]
+    assert torch.allclose(freq, probs, atol=0.01)  # about 4 standard errors
+    assert torch.allclose(prob, probs[tokens])
+    assert torch.allclose(entropy, -(probs[:4] * probs[:4].log()).sum().expand(2, 20000))
+    alone, _, _ = draw(logits[1:], 1.0, 0, 1.0, [torch.Generator().manual_seed(1)])
+    assert torch.equal(alone[0], tokens[1])  # sample 1's draw does not depend on sample 0
+    kept, _, _ = draw(logits, 1.0, 2, 1.0, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert set(kept.unique().tolist()) == {0, 1}  # top_k = 2
 
 
 def test_top_k_one_is_greedy(tmp_path):
