@@ -56,6 +56,10 @@ TRAIN_OPTIONS = {
     'eval_steps_per_scale': Option(int, 4, 'checkerboard steps per scale when sampling'),
     'eval_temperature': Option(float, 1.0, 'sampling temperature'),
     'inception_weights': Option(str, None, 'local Inception weights for torch-fidelity (offline machines)'),
+    'probe_epochs': Option(int, 20, 'training epochs of the class probe (class consistency, probe Frechet)'),
+    'probe_max_images': Option(int, 20000, 'the class probe trains and is scored on at most this many train and '
+                                           'val images each (seeded random subsets)'),
+    'probe_image_size': Option(int, 64, 'the class probe sees images at min(img_size, this) pixels'),
     # the one-command demo
     'autoenc_train_config': Option(str, None, 'train_ae_codebook config that trains the autoencoder into the folder '
                                               'of model.autoenc.checkpoint_path (resumed or reused if there)'),

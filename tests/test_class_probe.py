@@ -67,6 +67,25 @@ def test_training_is_deterministic_from_seed(trained, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_max_images_bounds_what_is_read(trained, tmp_path, monkeypatch):
+    root, _, _, _ = trained
+    import util.class_probe as class_probe
+    counts = []
+
+    def spy(*args, **kwargs):
+        images, labels, classes = load_real_images(*args, **kwargs)
+        counts.append(len(images))
+        return images, labels, classes
+
+    monkeypatch.setattr(class_probe, 'load_real_images', spy)
+    probe = train_probe(root, SIZE, 'cpu', str(tmp_path / 'small.pt'), epochs=1, max_images=12, log=lambda m: None)
+    assert counts == [12, 12]  # train and val subsets, of 90 and 30 images
+    assert torch.load(tmp_path / 'small.pt', weights_only=True)['train']['max_images'] == 12
+    val, labels, _ = load_real_images(root, 'val', SIZE)
+    report = probe_report(probe, val, labels, root, 'cpu', max_images=12)
+    assert counts[2] == 12 and report['real_class_consistency'] == pytest.approx(probe.val_accuracy)
+
+
 def test_consistency_right_and_wrong_labels(trained):
     root, _, probe, _ = trained
     val, labels, _ = load_real_images(root, 'val', SIZE)  # (30, S, S, 3) uint8

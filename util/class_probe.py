@@ -176,11 +176,13 @@ def load_probe(path, device, classes=None, image_size=None):
     return probe.to(device).eval()
 
 
-def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr=3e-3, seed=0, log=print):
+def train_probe(root, image_size, device, out_path, epochs=20, batch_size=128, lr=3e-3, max_images=None, seed=0,
+                log=print):
     """Train a ClassProbe on root/train, report accuracy on root/val, save it to out_path; returns it (eval mode).
 
-    An existing out_path trained for the same classes and image_size is loaded instead (one trained for others
-    is a CheckpointError). Deterministic from seed on CPU (for a fixed torch thread count).
+    max_images: train and validate on seeded random subsets of at most this many images (memory stays bounded
+    on ImageNet-sized data). An existing out_path trained for the same classes and image_size is loaded instead
+    (one trained for others is a CheckpointError). Deterministic from seed on CPU (for a fixed thread count).
     """
     classes, _ = scan_image_folder(root, 'train')
     if os.path.exists(out_path):
@@ -188,8 +190,8 @@ def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr
         log(f'class probe: loaded {out_path} (val accuracy {probe.val_accuracy:.4f}); not retraining')
         return probe
     start = time.time()
-    images, labels, _ = load_real_images(root, 'train', image_size, log=log)
-    val_images, val_labels, _ = load_real_images(root, 'val', image_size, log=log)
+    images, labels, _ = load_real_images(root, 'train', image_size, max_images, seed, log=log)
+    val_images, val_labels, _ = load_real_images(root, 'val', image_size, max_images, seed, log=log)
     generator = torch.Generator().manual_seed(seed)
     probe = ClassProbe(classes, image_size, generator=generator).to(device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=5e-4)
@@ -218,17 +220,19 @@ def train_probe(root, image_size, device, out_path, epochs=6, batch_size=128, lr
     probe.val_accuracy = val_accuracy
     save_checkpoint({'state_dict': probe.state_dict(), 'classes': classes, 'image_size': image_size,
                      'val_accuracy': val_accuracy, 'config': probe.config,
-                     'train': dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)}, out_path)
+                     'train': dict(epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images, seed=seed)},
+                    out_path)
     log(f'class probe: saved {out_path}')
     return probe.eval()
 
 
-def probe_report(probe, samples, labels, real_root, device, batch_size=256, seed=0):
+def probe_report(probe, samples, labels, real_root, device, batch_size=256, max_images=None, seed=0):
     """Class consistency and Frechet distance of samples (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1],
-    any side; resized to the probe's) with requested labels (N,), against real_root/val; see the module doc."""
+    any side; resized to the probe's) with requested labels (N,), against real_root/val (a seeded subset of at
+    most max_images); see the module doc."""
     if len(samples) != len(labels) or len(samples) < 2:
         raise ValueError(f'probe_report: need >= 2 samples and one label each, got {len(samples)} and {len(labels)}')
-    val_images, val_labels, classes = load_real_images(real_root, 'val', probe.image_size)
+    val_images, val_labels, classes = load_real_images(real_root, 'val', probe.image_size, max_images, seed)
     if classes != probe.classes:
         raise ValueError(f'probe_report: probe trained for classes {probe.classes}, {real_root} has {classes}')
     train_images, _, _ = load_real_images(real_root, 'train', probe.image_size, max_images=len(samples), seed=seed)

@@ -67,10 +67,11 @@ def evaluate(trainer):
     record = fidelity_metrics(os.path.join(folder, 'samples'), os.path.join(trainer.data_root, 'eval_reference'),
                               args, trainer.device)
     if model.class_cond:
-        probe = train_probe(trainer.data_root, model.img_size, trainer.device,
-                            os.path.join(args['output_dir'], 'class_probe.pth'), seed=args['seed'],
-                            log=trainer.say)
-        report = probe_report(probe, images, labels, trainer.data_root, trainer.device, seed=args['seed'])
+        probe = train_probe(trainer.data_root, min(model.img_size, args['probe_image_size']), trainer.device,
+                            os.path.join(args['output_dir'], 'class_probe.pth'), epochs=args['probe_epochs'],
+                            max_images=args['probe_max_images'], seed=args['seed'], log=trainer.say)
+        report = probe_report(probe, images, labels, trainer.data_root, trainer.device,
+                              max_images=args['probe_max_images'], seed=args['seed'])
         record.update({k: v for k, v in report.items() if k != 'num_samples'})
     trainer.log.write(trainer.step, {f'eval/{k}': v for k, v in record.items()} | {'epoch': trainer.epoch})
     trainer.say(f'eval at epoch {trainer.epoch}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items())
