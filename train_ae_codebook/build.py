@@ -29,7 +29,7 @@ SCHEMA = {
     'data_path': Option(str, 'shapes32', 'ImageFolder root (<root>/<split>/<class>/*) or a built-in dataset name'),
     'data_cache': Option(str, 'data/builtin', 'folder where built-in datasets are generated'),
     'val_split': Option(str, 'val', "validation split under data_path ('' for none)"),
-    'output_dir': Option(str, 'output/ae', 'checkpoint, autoencoder_config.yaml, log and pictures go here'),
+    'output_dir': Option(str, 'outputs/ae', 'checkpoint, autoencoder_config.yaml, log and pictures go here'),
     'resume': Option(str, '', 'checkpoint to resume from (default: output_dir/checkpoint-last.pth if present)'),
     'steps': Option(int, 10000, 'optimizer steps in all, the statistics-gathering steps included'),
     'batch_size': Option(int, 32, 'images per step and rank'),
