@@ -8,7 +8,6 @@ from models.checkerboard import sampling_block_sizes
 from util.precision import DTYPES as PRECISIONS, autocast
 
 
-
 @dataclass
 class SampleOutput:
     """codes: [(B, s, s)] per scale; images: decoded [(B, 3, H, W)], about [-1, 1] (raw decoder output,
