@@ -223,7 +223,7 @@ class Trainer:
         args = self.args
         self.set_train_mode()
         bar = tqdm(total=args['steps'], initial=self.step, disable=not self.info.is_main, desc='train')
-        window, started = [], time.time()
+        window, started, first_step = [], time.time(), self.step
         while self.step < args['steps']:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             for images, _, _ in epoch_batches(self.train_set, epoch, skip, args, self.info):
@@ -251,7 +251,8 @@ class Trainer:
                 if self.step >= args['steps']:
                     break
         bar.close()
-        self.save()
+        if self.step > first_step:  # a finished run that is only re-checked leaves its checkpoint untouched
+            self.save()
         results = self.validate(final=True)
         if results is not None:
             print(format_metrics(results))
