@@ -90,6 +90,12 @@ class CheckerboardGenerator(nn.Module):
         self.lm_head = nn.Linear(dim, autoenc.n_embed)
         nn.init.zeros_(self.lm_head.weight)
         nn.init.zeros_(self.lm_head.bias)
+        self.compiled_transformer = None  # set by compile_for_training()
+
+    def compile_for_training(self):
+        """Run the transformer of training forwards through torch.compile (a fixed-shape graph: compiling
+        takes about a minute, then each step is faster); sampling and eval forwards stay eager."""
+        self.compiled_transformer = torch.compile(self.llama.forward, dynamic=False)
 
     def train(self, mode=True):
         super().train(mode)
@@ -198,7 +204,8 @@ class CheckerboardGenerator(nn.Module):
         """Transformer over [class token] + inputs under the block mask -> (B, P, C) (class token dropped)."""
         inputs, cond, cur_ids, past_ids, block_ids = self.full_sequence(inputs, labels, carried_pos, block_ids)
         mask = block_ids[None, :] <= block_ids[:, None]  # (L, L): query i sees key j iff block j <= block i
-        h = self.llama(inputs, cond, cur_ids, past_ids, mask)
+        transformer = self.compiled_transformer if self.training and self.compiled_transformer else self.llama
+        h = transformer(inputs, cond, cur_ids, past_ids, mask)
         return h[:, 1:] if self.class_cond else h
 
     def head(self, h):

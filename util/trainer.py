@@ -121,6 +121,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.lr, args['weight_decay'])
         self.scheduler = build_scheduler(self.optimizer, args, self.sampler.batches_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=args['ema']) if args['ema'] > 0 else None
+        if args['compile']:
+            self.model.compile_for_training()
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank]
                                             if self.device.type == 'cuda' else None)
                     if self.dist.enabled else self.model)
