@@ -2,6 +2,8 @@
 the same process. Prints figures; writes nothing.
 
     python -m util.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
+    python -m util.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
+        --skip_sampling --train_batch_size 64 --precision fp32 --compile
 """
 import argparse
 import statistics
@@ -42,9 +44,13 @@ def counted_flops(fn):
     return counter.get_total_flops()
 
 
-def random_model(config_path, device):
+def random_model(config_path, device, autoenc_config=None):
     with open(config_path) as f:
         model_cfg = yaml.safe_load(f)['model']
+    if autoenc_config:
+        model_cfg['autoenc'] = {**model_cfg['autoenc'], 'config_path': autoenc_config}
+    if model_cfg.get('class_cond'):
+        model_cfg.setdefault('num_classes', 10)  # configs of built-in data leave it to the dataset (10 classes)
     model = build_generator(model_cfg, load_autoencoder_checkpoint=False, device=device).eval()
     torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # zero at init: give the logits some spread
     return model
@@ -116,29 +122,43 @@ def main(argv=None):
     parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=list(PRECISIONS))
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--skip_training', action='store_true')
+    parser.add_argument('--skip_sampling', action='store_true')
+    parser.add_argument('--compile', action='store_true', help='also time the training step with --compile')
+    parser.add_argument('--autoenc_config', help="the autoencoder's architecture config (default: the config's)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = random_model(args.config, device)
+    model = random_model(args.config, device, args.autoenc_config)
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith('autoenc.'))
     print(f'{args.config}: {params / 1e6:.1f}M generator parameters, sides {model.sides}, '
           f'{model.num_positions} tokens/image, device {device}, {torch.get_num_threads()} threads')
     results = {}
     for precision in args.precision:
         peak = matmul_peak(device, precision)
-        flops, seconds, tokens = bench_sampling(model, args, device, precision)
-        achieved = flops / seconds / 1e9
-        results[precision] = seconds
-        print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | sampling batch {args.batch_size} cfg {args.cfg} '
-              f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {args.batch_size / seconds:.2f} images/s, '
-              f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
-              f'{100 * achieved / peak:.0f}% of peak')
+        if not args.skip_sampling:
+            flops, seconds, tokens = bench_sampling(model, args, device, precision)
+            achieved = flops / seconds / 1e9
+            results[precision] = seconds
+            print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | sampling batch {args.batch_size} cfg {args.cfg} '
+                  f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {args.batch_size / seconds:.2f} images/s, '
+                  f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
+                  f'{100 * achieved / peak:.0f}% of peak')
         if not args.skip_training:
             ours = bench_training(model, args, device, precision, baseline=False)
             plain = bench_training(model, args, device, precision, baseline=True)
-            print(f'[{precision}] training step (forward+backward, batch {args.train_batch_size}, cached codes): '
-                  f'{ours:.0f} tokens/s; plain dense-mask forward/backward {plain:.0f} tokens/s')
+            print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | training step (forward+backward, batch '
+                  f'{args.train_batch_size}, cached codes): {ours:.0f} tokens/s; plain dense-mask forward/backward '
+                  f'{plain:.0f} tokens/s')
+            if args.compile:
+                start = time.perf_counter()
+                model.compile_for_training()
+                compiled = bench_training(model, args, device, precision, baseline=False)  # warm-up compiles
+                step_seconds = args.train_batch_size * model.num_positions / compiled
+                compile_seconds = time.perf_counter() - start - (args.repeats + 1) * step_seconds
+                model.compiled_transformer = None
+                print(f'[{precision}] training step with --compile: {compiled:.0f} tokens/s '
+                      f'({compiled / ours:.2f}x eager; compiling took {compile_seconds:.0f} s)')
     if 'fp32' in results and 'bf16' in results:
         print(f'bf16 sampling speed-up over fp32: {results["fp32"] / results["bf16"]:.2f}x; '
               f'bf16 logits: max |bf16 - fp32| / std(fp32) = {logit_agreement(model, device):.3f}')
