@@ -58,6 +58,8 @@ def validate(config):
         if path is None or not os.path.isfile(resolve_path(path)):
             raise ConfigError(f'autoencoder file not found: model.autoenc.{key} = {path} '
                               '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
+    if args['compile'] and (args['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')) == 'cpu':
+        check_cpu_compiler()
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
     try:
@@ -70,6 +72,16 @@ def validate(config):
             raise ConfigError(f"model.num_classes is {model['num_classes']} but {root}/train has "
                               f'{len(classes)} classes')
     return root
+
+
+def check_cpu_compiler():
+    """torch.compile on a CPU builds C++ kernels: ConfigError unless inductor finds a C++ compiler."""
+    from torch._inductor import cpp_builder
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:
+        raise ConfigError(f'--compile on a CPU needs a C++ compiler (g++, or set CXX) and none was found '
+                          f'({type(e).__name__}); install one or leave compile off') from None
 
 
 def find_resume(args):
