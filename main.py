@@ -40,8 +40,8 @@ TRAIN_OPTIONS = {
     'precision': Option(str, 'auto', 'auto (bf16 where the hardware has bf16 units), fp32 or bf16'),
     'seed': Option(int, 0, 'seed of data order, augmentation and training randomness'),
     'device': Option(str, None, 'cpu or cuda (default: cuda when available)'),
-    'compile': Option(bool, False, 'torch.compile the transformer for training steps (about a minute of '
-                                   'compiling, then ~1.4x faster steps on a 2-core CPU; see docs/benchmarks.md)'),
+    'compile': Option(bool, False, 'torch.compile the transformer for training steps (up to two minutes of '
+                                   'compiling, then 1.1-1.4x faster steps on a CPU; see docs/benchmarks.md)'),
     # checkpoints and logs
     'output_dir': Option(str, 'outputs/run', 'checkpoints, config.yaml, log.jsonl, samples'),
     'resume': Option(str, None, 'checkpoint file or folder to resume from (default: output_dir if it has one)'),

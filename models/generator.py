@@ -94,7 +94,7 @@ class CheckerboardGenerator(nn.Module):
 
     def compile_for_training(self):
         """Run the transformer of training forwards through torch.compile (a fixed-shape graph: compiling
-        takes about a minute, then each step is faster); sampling and eval forwards stay eager."""
+        takes up to a few minutes, then each step is faster); sampling and eval forwards stay eager."""
         self.compiled_transformer = torch.compile(self.llama.forward, dynamic=False)
 
     def train(self, mode=True):
