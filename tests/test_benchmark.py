@@ -1,0 +1,20 @@
+"""util/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
+import yaml
+
+from util import benchmark
+
+
+def test_benchmark_prints_its_figures(tmp_path, capsys):
+    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
+    (tmp_path / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64,
+                                                                              normalize=True, ddconfig=dd)}}))
+    model = dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,
+                 autoenc=dict(config_path='written/later.yaml', checkpoint_path='unused.pth'),
+                 llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2))
+    (tmp_path / 'tiny.yaml').write_text(yaml.safe_dump({'model': model}))
+    benchmark.main(['--config', str(tmp_path / 'tiny.yaml'), '--autoenc_config', str(tmp_path / 'ae.yaml'),
+                    '--precision', 'fp32', '--batch_size', '2', '--train_batch_size', '2', '--repeats', '1'])
+    out = capsys.readouterr().out
+    assert 'sides [1, 2, 4], 21 tokens/image' in out
+    assert '% of peak' in out and 'GFLOP counted' in out
+    assert 'plain dense-mask forward/backward' in out
