@@ -22,13 +22,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+def uses_cuda(device=None):
+    """Whether a run on device ('cpu', 'cuda[:k]' or None: GPU when available) uses CUDA."""
+    return torch.cuda.is_available() if device is None else str(device).startswith('cuda')
+
+
 def init_distributed(device=None):
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if > 1 rank.
 
     device: 'cpu', 'cuda' or None (GPU when available). Each rank takes GPU local_rank."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
-    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith('cuda')
+    use_cuda = uses_cuda(device)
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device('cuda', local_rank)

@@ -58,7 +58,7 @@ def validate(config):
         if path is None or not os.path.isfile(resolve_path(path)):
             raise ConfigError(f'autoencoder file not found: model.autoenc.{key} = {path} '
                               '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
-    if args['compile'] and (args['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')) == 'cpu':
+    if args['compile'] and not distributed.uses_cuda(args['device']):
         check_cpu_compiler()
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
