@@ -1,8 +1,8 @@
 """Built-in class-conditional dataset of procedurally drawn shapes, generated locally (no download).
 
-Each image: one shape of its class with random centre, size, rotation and colour over a random background
-(solid, linear gradient or light noise); the shape is bright and saturated, the background dark, so it always
-stands out.
+Each image: one shape of its class with random centre, radius (a fraction of the image size in the range
+`radius`), rotation (up to `rotation` degrees) and colour over a dark background (`background`: 'varied' draws a random solid colour, linear gradient or light noise,
+'black' is black); the shape is bright and saturated, so it always stands out.
 Masks are drawn with PIL at 4x and BOX-downsampled (anti-aliasing). Every image has its own RNG seeded by
 (seed, split, class, image), so the output is a pure function of the parameters.
 
@@ -22,15 +22,20 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 MANIFEST = 'manifest.json'
-GENERATOR_VERSION = 1  # bump when the drawing code changes, so old trees are refused instead of mixed
+GENERATOR_VERSION = 2  # bump when the drawing code changes, so old trees are refused instead of mixed
 SUPERSAMPLE = 4
 SPLITS = ('train', 'val')
 
+FULL_VARIATION = dict(seed=0, rotation=360, background='varied', radius=[0.25, 0.4])
 BUILTIN_DATASETS = {
-    'shapes32': dict(size=32, train_per_class=1000, val_per_class=100, seed=0),
-    'shapes32-small': dict(size=32, train_per_class=300, val_per_class=100, seed=0),  # the CPU demo
-    'shapes64': dict(size=64, train_per_class=1000, val_per_class=100, seed=0),
+    'shapes32': dict(FULL_VARIATION, size=32, train_per_class=1000, val_per_class=100),
+    'shapes32-small': dict(FULL_VARIATION, size=32, train_per_class=300, val_per_class=100),
+    'shapes64': dict(FULL_VARIATION, size=64, train_per_class=1000, val_per_class=100),
+    # the 15-minute CPU demo: upright shapes of at least 0.3 x 16 px radius on black, for a 4x4 top token grid
+    'shapes16-simple': dict(FULL_VARIATION, size=16, train_per_class=300, val_per_class=100, rotation=0,
+                            background='black', radius=[0.3, 0.4]),
 }
+BACKGROUNDS = ('varied', 'black')
 
 
 def _polygon(*points):
@@ -41,9 +46,10 @@ def _disk(x, y, radius, fill=255):
     return ('disk', (x, y), radius, fill)
 
 
-def _regular(n, radius=1.0):
-    return _polygon(*((radius * math.sin(2 * math.pi * k / n), -radius * math.cos(2 * math.pi * k / n))
-                      for k in range(n)))
+def _regular(n, radius=1.0, turn=0.0):
+    """Regular n-gon, a vertex straight up unless turned by `turn` radians."""
+    angles = [2 * math.pi * k / n + turn for k in range(n)]
+    return _polygon(*((radius * math.sin(a), -radius * math.cos(a)) for a in angles))
 
 
 def _star(points=5, outer=1.0, inner=0.42):
@@ -65,7 +71,7 @@ SHAPES = {
     'cross': [_polygon((-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1),
                        (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3))],
     'ring': [_disk(0, 0, 1.0), _disk(0, 0, 0.55, fill=0)],
-    'square': [_regular(4, radius=1.0)],
+    'square': [_regular(4, radius=1.0, turn=math.pi / 4)],  # sides level when upright
     'star': [_star()],
     'stripes': [_bar(-0.62), _bar(0), _bar(0.62)],
     'triangle': [_regular(3, radius=1.1)],
@@ -102,13 +108,18 @@ def _colour(rng, value_range, saturation_range):
                     dtype=np.float32)
 
 
-def _background(rng, size, value_range):
-    """Float array (size, size, 3) in [0, 1]: solid, linear gradient or light noise, values in value_range."""
+def _background(rng, size, value_range, kind):
+    """Float array (size, size, 3) in [0, 1], values in value_range.
+
+    kind 'varied': solid, linear gradient or light noise at random; 'black': black.
+    """
+    if kind == 'black':
+        return np.zeros((size, size, 3), dtype=np.float32)
     base = _colour(rng, value_range, (0.0, 0.7))
-    kind = rng.integers(3)
-    if kind == 0:
+    variant = rng.integers(3)
+    if variant == 0:
         return np.broadcast_to(base, (size, size, 3))
-    if kind == 1:
+    if variant == 1:
         other = _colour(rng, value_range, (0.0, 0.7))
         angle = rng.uniform(0, 2 * math.pi)
         ys, xs = np.mgrid[0:size, 0:size] / (size - 1)
@@ -118,13 +129,14 @@ def _background(rng, size, value_range):
     return np.clip(base + rng.normal(0, 0.04, (size, size, 3)), 0, 1)
 
 
-def draw_shape_image(class_name, size, rng):
-    """uint8 array (size, size, 3): one random instance of a class."""
-    radius = rng.uniform(0.25, 0.4) * size
+def draw_shape_image(class_name, size, rng, rotation=360, background='varied', radius=(0.25, 0.4)):
+    """uint8 array (size, size, 3): one random instance of a class, turned by up to `rotation` degrees, its
+    radius a random fraction of size in the range `radius`."""
+    radius = rng.uniform(*radius) * size
     centre = rng.uniform(radius, size - radius, 2)
-    angle = rng.uniform(0, 2 * math.pi)
+    angle = rng.uniform(0, 2 * math.pi) * rotation / 360
     foreground = _colour(rng, (0.75, 1.0), (0.5, 1.0))
-    background = _background(rng, size, (0.0, 0.35))
+    background = _background(rng, size, (0.0, 0.35), background)
     alpha = _shape_mask(SHAPES[class_name], size, centre, radius, angle)[..., None]  # (size, size, 1)
     image = background * (1 - alpha) + foreground * alpha
     return np.round(image * 255).astype(np.uint8)
@@ -139,6 +151,13 @@ def builtin_params(name, **overrides):
     if unknown:
         raise ValueError(f'unknown built-in dataset parameter(s) {sorted(unknown)}; allowed: {sorted(params)}')
     params.update(overrides)
+    if params['background'] not in BACKGROUNDS:
+        raise ValueError(f'built-in dataset background {params["background"]!r} is not one of {BACKGROUNDS}')
+    low, high = params['radius']
+    if not 0 < low <= high <= 0.5:
+        raise ValueError(f'built-in dataset radius range {params["radius"]!r} is not within (0, 0.5] of the size')
+    if not 0 <= params['rotation'] <= 360:
+        raise ValueError(f'built-in dataset rotation {params["rotation"]!r} is not in [0, 360] degrees')
     return dict(name=name, **params, classes=CLASSES, generator_version=GENERATOR_VERSION)
 
 
@@ -149,7 +168,8 @@ def _write_tree(folder, params):
             os.makedirs(class_folder)
             for i in range(params[f'{split}_per_class']):
                 rng = np.random.default_rng([params['seed'], split_index, class_index, i])
-                image = draw_shape_image(class_name, params['size'], rng)
+                image = draw_shape_image(class_name, params['size'], rng, params['rotation'], params['background'],
+                                         params['radius'])
                 Image.fromarray(image).save(os.path.join(class_folder, f'{i:05d}.png'))
     os.symlink('val', os.path.join(folder, 'eval_reference'))
     with open(os.path.join(folder, MANIFEST), 'w') as f:
@@ -169,7 +189,8 @@ def _check_manifest(root, params):
 def ensure_builtin_dataset(root, name='shapes32', **overrides):
     """Generate built-in dataset `name` into root unless already there; returns root.
 
-    overrides: any of the registry entry's keys (size, train_per_class, val_per_class, seed).
+    overrides: any of the registry entry's keys (size, train_per_class, val_per_class, seed, rotation,
+    background, radius).
     Same parameters: no-op. Other parameters in root, or a non-empty root without manifest: ValueError.
     Safe to call from several processes at once (each writes its own temporary tree; one rename wins).
     """

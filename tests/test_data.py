@@ -159,6 +159,27 @@ def test_builtin_layout_classes_and_variation(tmp_path):
         assert np.std([a.mean() for a in same_class]) > 5  # colours/backgrounds differ, not just noise
 
 
+def test_builtin_rotation_background_and_radius_options(tmp_path):
+    """rotation 0 draws every instance upright; background 'black' is black; the radius range bounds the size;
+    bad values are refused."""
+    for seed in range(5):
+        upright = builtin.draw_shape_image('triangle', 32, np.random.default_rng(seed), rotation=0,
+                                           background='black')
+        assert not np.array_equal(upright, builtin.draw_shape_image('triangle', 32, np.random.default_rng(seed)))
+        assert (upright[[0, 0, -1, -1], [0, -1, 0, -1]] == 0).all()  # the shape never reaches the corners
+        coverage = upright.astype(float).sum(-1)  # (32, 32): zero on the background
+        rows = np.nonzero(coverage.sum(1))[0]
+        centroid = (coverage.sum(1) * np.arange(32)).sum() / coverage.sum()
+        assert centroid > (rows[0] + rows[-1]) / 2 + 1  # apex up: the mass sits low in the bounding box
+    big, small = (builtin.draw_shape_image('circle', 32, np.random.default_rng(0), background='black',
+                                           radius=(r, r)).astype(float).sum() for r in (0.4, 0.2))
+    assert 3.6 < big / small < 4.4  # same colour, twice the radius: four times the area
+    for bad, match in ((dict(background='plaid'), 'background'), (dict(rotation=400), 'rotation'),
+                       (dict(radius=[0.3, 0.6]), 'radius')):
+        with pytest.raises(ValueError, match=match):
+            ensure_builtin_dataset(tmp_path / 'bad', **SMALL, **bad)
+
+
 def test_builtin_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     draw = builtin.draw_shape_image
     calls = []
@@ -192,9 +213,9 @@ def test_builtin_regenerate_is_noop_and_other_params_are_refused(tmp_path, monke
 
 def test_resolve_data_path(tmp_path, monkeypatch):
     assert resolve_data_path(str(tmp_path), tmp_path / 'cache') == str(tmp_path)
-    monkeypatch.setitem(BUILTIN_DATASETS, 'shapes32', dict(size=32, seed=0, **SMALL))
+    monkeypatch.setitem(BUILTIN_DATASETS, 'shapes32', dict(BUILTIN_DATASETS['shapes32'], **SMALL))
     root = resolve_data_path('shapes32', tmp_path / 'cache')
     assert root == os.path.join(tmp_path / 'cache', 'shapes32')
     assert os.path.exists(os.path.join(root, 'train', CLASSES[0], '00000.png'))
-    with pytest.raises(ValueError, match='shapes32, shapes32-small, shapes64'):
+    with pytest.raises(ValueError, match='shapes32, shapes32-small, shapes64, shapes16-simple'):
         resolve_data_path('imagenet_typo', tmp_path / 'cache')

@@ -15,6 +15,7 @@ from PIL import Image
 import main_sample
 from models import build_generator
 from models.autoencoder import read_autoencoder_config
+from util.images import save_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = ['--steps_per_scale', '2', '--cfg', '1.5', '--cfg_start_step', '2', '--num_samples', '4', '--device', 'cpu']
@@ -61,6 +62,16 @@ def test_showcase_matches_published_codes_and_writes_figures(checkpoint, fixture
         (width, height), _ = image_size(f'out/sample_{i:04d}_maps.png')
         assert width > 400 and height > 400
     assert image_size('out/sample_0000_forming.gif')[1] == 7  # one frame per step
+
+
+def test_small_samples_are_enlarged_in_the_grid(tmp_path):
+    images = torch.rand(3, 3, 16, 16) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+    save_grid(images, str(tmp_path / 'grid.png'), nrow=3)
+    grid = np.asarray(Image.open(tmp_path / 'grid.png'))
+    assert grid.shape == (64 + 2 * 2, 3 * 64 + 4 * 2, 3)  # 4x enlarged cells, 2-px padding
+    first = grid[2:66, 2:66].astype(float)  # (64, 64, 3)
+    expected = ((images[0].permute(1, 2, 0) + 1) * 127.5).numpy()
+    assert np.abs(first[::4, ::4] - expected).max() <= 1 and (first[::4, ::4] == first[3::4, 3::4]).all()
 
 
 def test_unconditional_model_and_flops(unconditional, tmp_path, monkeypatch, capsys):

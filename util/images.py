@@ -19,8 +19,11 @@ def save_png(array, path):
     os.replace(tmp, path)
 
 
-def save_grid(images, path, nrow=8, pad=2):
-    """A grid of (B, 3, H, W) images in [-1, 1] written as one PNG."""
+def save_grid(images, path, nrow=8, pad=2, min_side=64):
+    """A grid of (B, 3, H, W) images in [-1, 1] written as one PNG; images below min_side pixels are enlarged
+    by a whole factor (nearest neighbour), so that small samples stay visible."""
+    factor = max(1, min_side // images.shape[-1])
+    images = upscale_nearest(images, images.shape[-1] * factor) if factor > 1 else images  # (B, 3, H', W')
     grid = torchvision.utils.make_grid(images.detach().float().clamp(-1, 1).cpu(), nrow=nrow, padding=pad,
                                        normalize=True, value_range=(-1, 1))
     save_png((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), path)
