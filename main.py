@@ -10,7 +10,7 @@ from data.image_folder import BadImagesError
 from data.token_cache import TokenCacheMismatch
 from util.checkpoint import CheckpointError
 from util.config import ConfigError, Option, load_config
-from util.inline_eval import evaluate
+from util.inline_eval import evaluate, latest_evaluation
 from util.trainer import LAST, NonFiniteLoss, train
 
 TRAIN_OPTIONS = {
@@ -78,6 +78,9 @@ def main(argv=None):
         trainer = train(config, evaluate)
         if config['args']['showcase_images'] and trainer.dist.is_main:
             write_showcase(config, trainer)
+        summary = latest_evaluation(trainer.log.path) if trainer.dist.is_main else None
+        if summary:
+            print(summary)
     except (ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

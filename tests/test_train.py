@@ -17,6 +17,7 @@ from models import build_generator, load_generator
 from models.autoencoder import VQAutoencoder
 from util import checkpoint as checkpoint_io
 from util.checkpoint import load_checkpoint
+from util.inline_eval import latest_evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,3 +186,16 @@ def test_trains_from_cache_via_cli(setup):
     assert manifest['complete'] and manifest['sides'] == [1, 2, 4] and manifest['num_images'] == 40
     assert np.load(out / 'token_cache' / 'codes_4.npy').shape == (40, 10, 4, 4)
     assert len(losses(out)) == 2
+
+
+def test_latest_evaluation_is_read_back_from_the_log(tmp_path):
+    log = tmp_path / 'log.jsonl'
+    assert latest_evaluation(str(log)) is None  # no log yet
+    records = [{'step': 10, 'loss': 3.0}, {'step': 20, 'eval/class_consistency': 0.5, 'epoch': 1},
+               {'step': 40, 'eval/class_consistency': 0.974, 'eval/frechet': 4.6096, 'epoch': 2},
+               {'step': 50, 'loss': 2.0}]
+    log.write_text(''.join(json.dumps(r) + '\n' for r in records[:1]))
+    assert latest_evaluation(str(log)) is None  # training records only
+    log.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    assert latest_evaluation(str(log)) == (f'latest evaluation (epoch 2, step 40): class_consistency 0.974, '
+                                           f'frechet 4.61 (all records: {log})')

@@ -1,6 +1,7 @@
 """Inline evaluation during training: samples from the EMA weights (or the model), split across ranks with
 class-balanced labels and per-sample seeds; a grid; FID and IS from torch-fidelity against
 data_path/eval_reference; class consistency and a Frechet distance under the offline class probe."""
+import json
 import os
 import warnings
 
@@ -76,3 +77,19 @@ def evaluate(trainer):
     trainer.log.write(trainer.step, {f'eval/{k}': v for k, v in record.items()} | {'epoch': trainer.epoch})
     trainer.say(f'eval at epoch {trainer.epoch}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items())
                 + f' (grid: {folder}/grid.png)')
+
+
+def latest_evaluation(log_path):
+    """The last evaluation recorded in a run's log.jsonl as one line of text, or None when there is none."""
+    if not os.path.isfile(log_path):
+        return None
+    last = None
+    with open(log_path) as f:
+        for line in f:
+            record = json.loads(line)
+            if any(key.startswith('eval/') for key in record):
+                last = record
+    if last is None:
+        return None
+    values = ', '.join(f'{key[len("eval/"):]} {value:.4g}' for key, value in last.items() if key.startswith('eval/'))
+    return f"latest evaluation (epoch {last['epoch']}, step {last['step']}): {values} (all records: {log_path})"
