@@ -1,8 +1,9 @@
 """Built-in class-conditional dataset of procedurally drawn shapes, generated locally (no download).
 
 Each image: one shape of its class with random centre, radius (a fraction of the image size in the range
-`radius`), rotation (up to `rotation` degrees) and colour over a dark background (`background`: 'varied' draws a random solid colour, linear gradient or light noise,
-'black' is black); the shape is bright and saturated, so it always stands out.
+`radius`), rotation (up to `rotation` degrees) and colour over a dark background (`background`: 'varied'
+draws a random solid colour, linear gradient or light noise, 'black' is black); the shape is bright and
+saturated, so it always stands out.
 Masks are drawn with PIL at 4x and BOX-downsampled (anti-aliasing). Every image has its own RNG seeded by
 (seed, split, class, image), so the output is a pure function of the parameters.
 
