@@ -13,6 +13,8 @@ from util.class_probe import probe_report, train_probe
 from util.images import save_grid, save_png, to_uint8
 from util.sample_npz import balanced_labels, sample_seeds
 
+EVAL_PREFIX = 'eval/'  # log.jsonl keys of evaluation metrics
+
 
 def generate(model, args, precision, dist):
     """This rank's share of eval_num_samples: (indices, uint8 (n, H, W, 3), labels (n,))."""
@@ -74,9 +76,13 @@ def evaluate(trainer):
         report = probe_report(probe, images, labels, trainer.data_root, trainer.device,
                               max_images=args['probe_max_images'], seed=args['seed'])
         record.update({k: v for k, v in report.items() if k != 'num_samples'})
-    trainer.log.write(trainer.step, {f'eval/{k}': v for k, v in record.items()} | {'epoch': trainer.epoch})
-    trainer.say(f'eval at epoch {trainer.epoch}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items())
-                + f' (grid: {folder}/grid.png)')
+    trainer.log.write(trainer.step, {EVAL_PREFIX + k: v for k, v in record.items()} | {'epoch': trainer.epoch})
+    trainer.say(f'eval at epoch {trainer.epoch}: {metrics_text(record)} (grid: {folder}/grid.png)')
+
+
+def metrics_text(record):
+    """'name value, ...' with 4 significant digits."""
+    return ', '.join(f'{k} {v:.4g}' for k, v in record.items())
 
 
 def latest_evaluation(log_path):
@@ -87,9 +93,10 @@ def latest_evaluation(log_path):
     with open(log_path) as f:
         for line in f:
             record = json.loads(line)
-            if any(key.startswith('eval/') for key in record):
+            if any(key.startswith(EVAL_PREFIX) for key in record):
                 last = record
     if last is None:
         return None
-    values = ', '.join(f'{key[len("eval/"):]} {value:.4g}' for key, value in last.items() if key.startswith('eval/'))
-    return f"latest evaluation (epoch {last['epoch']}, step {last['step']}): {values} (all records: {log_path})"
+    metrics = {k[len(EVAL_PREFIX):]: v for k, v in last.items() if k.startswith(EVAL_PREFIX)}
+    return (f"latest evaluation (epoch {last['epoch']}, step {last['step']}): {metrics_text(metrics)} "
+            f"(all records: {log_path})")
