@@ -11,6 +11,8 @@ Sample i is drawn with seed SEED * 1_000_003 + i (and, for --num_samples, label 
 image does not depend on the batch size or the number of processes.
 """
 import argparse
+import glob
+import json
 import math
 import os
 import sys
@@ -19,14 +21,16 @@ import time
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from models import load_generator
+from models.sample_batches import MAX_BASE_SEED, balanced_labels, draw_samples, sample_seeds
 from models.sampler import PRECISIONS
+from util.atomic import atomic_write
 from util.checkpoint import UNSAFE_FLAG, CheckpointError
-from util.distributed import cleanup, init_distributed
+from util.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from util.figures import formation_frames, maps_figure, save_figure, save_gif
 from util.images import save_grid, save_png, to_uint8
-from util.sample_figures import formation_frames, maps_figure, save_gif
-from util.sample_npz import MAX_BASE_SEED, atomic_savez, balanced_labels, sample_seeds, write_sample_npz
 
 
 class Parser(argparse.ArgumentParser):
@@ -129,34 +133,125 @@ def print_flops(model, labels, args):
           f'without (cfg {args.cfg}, {args.steps_per_scale} steps per scale)')
 
 
-def showcase(model, labels, args, device):
-    """Sample, time it, and write the grid, per-sample PNGs and maps figures, the GIF and codes.npz."""
-    n = args.num_images if labels is None else len(labels)
-    seeds = sample_seeds(args.seed, range(n))
+def showcase(model, labels, num_images, base_seed, folder, **sample_kwargs):
+    """Sample, time it, and write the grid, per-sample PNGs and maps figures, the GIF and codes.npz to folder.
+
+    labels: (B,) class ids, or None for an unconditional model (num_images samples)."""
+    n = num_images if labels is None else len(labels)
+    seeds = sample_seeds(base_seed, range(n))
+    device = model.seq_positions.device
     start = time.perf_counter()
-    out = model.sample(labels=labels, batch_size=n, seeds=seeds, decode='top', **sample_kwargs(args))
+    out = model.sample(labels=labels, batch_size=n, seeds=seeds, decode='top', **sample_kwargs)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     print(f'{n} images, {out.num_steps} sequential steps, {1000 * seconds / n:.1f} ms per image ({device})')
 
-    folder = args.output_dir
     os.makedirs(folder, exist_ok=True)
     images = out.images[-1]  # (B, 3, H, W)
     save_grid(images, os.path.join(folder, 'samples_grid.png'), nrow=math.ceil(math.sqrt(n)))
-    extra = {} if labels is None else {'labels': labels.numpy()}
-    atomic_savez(os.path.join(folder, 'codes.npz'), seeds=np.array(seeds), **extra,
+    extra = {} if labels is None else {'labels': labels.cpu().numpy()}
+    with atomic_write(os.path.join(folder, 'codes.npz')) as f:
+        np.savez(f, seeds=np.array(seeds), **extra,
                  **{f'codes_{s}': c.cpu().numpy() for s, c in zip(model.sides, out.codes)})
     maps = {k: [m.cpu().numpy() for m in v] for k, v in out.maps.items()}  # [(B, s, s)] per scale
     for i, image in enumerate(to_uint8(images)):
         save_png(image, os.path.join(folder, f'sample_{i:04d}.png'))
         figure = maps_figure(image, *([m[i] for m in maps[k]] for k in ('step', 'prob', 'entropy')),
                              model.vocab_size)
-        save_png(np.asarray(figure), os.path.join(folder, f'sample_{i:04d}_maps.png'))
+        save_figure(figure, os.path.join(folder, f'sample_{i:04d}_maps.png'))
     frames = formation_frames(model.autoenc, [c[0] for c in out.codes], [s[0] for s in out.maps['step']],
                               model.img_size)
     save_gif(frames, os.path.join(folder, 'sample_0000_forming.gif'))
     print(f'wrote {n} samples, their maps and sample_0000_forming.gif to {folder}')
+
+
+class ShardStore:
+    """FILE.shards/: settings.json (what the shards were drawn with) and shard_<first index>.npz files, each
+    holding `indices`, `images` and (class-conditional) `labels` of one completed batch."""
+
+    def __init__(self, output_npz, settings):
+        self.output_npz = output_npz
+        self.folder = output_npz + '.shards'
+        self.settings = settings
+
+    def check_settings(self):
+        """Raise ValueError if the folder holds shards drawn with other settings."""
+        path = os.path.join(self.folder, 'settings.json')
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            old = json.load(f)
+        changed = [f'{k}: {old.get(k)} -> {v}' for k, v in self.settings.items() if old.get(k) != v]
+        if changed:
+            raise ValueError(f'{self.folder} holds shards drawn with other settings ({"; ".join(changed)}); '
+                             'delete it or choose another --output_npz')
+
+    def write_settings(self):
+        with atomic_write(os.path.join(self.folder, 'settings.json'), 'w') as f:
+            json.dump(self.settings, f, indent=1)
+
+    def shard_paths(self):
+        return sorted(glob.glob(os.path.join(self.folder, 'shard_*.npz')))
+
+    def done_indices(self):
+        done = set()
+        for path in self.shard_paths():
+            with np.load(path) as shard:
+                done.update(shard['indices'].tolist())
+        return done
+
+    def write(self, indices, images, labels=None):
+        extra = {} if labels is None else {'labels': labels}
+        with atomic_write(os.path.join(self.folder, f'shard_{indices[0]:08d}.npz')) as f:
+            np.savez(f, indices=indices, images=images, **extra)
+
+    def merge(self, num_samples):
+        """All shards in index order -> output_npz (atomic). Raises ValueError if indices are missing."""
+        images, labels, seen = None, None, np.zeros(num_samples, dtype=bool)
+        for path in self.shard_paths():
+            with np.load(path) as shard:
+                idx = shard['indices']
+                if images is None:
+                    images = np.empty((num_samples, *shard['images'].shape[1:]), dtype=np.uint8)
+                    labels = np.empty(num_samples, dtype=np.int64) if 'labels' in shard else None
+                images[idx] = shard['images']
+                if labels is not None:
+                    labels[idx] = shard['labels']
+                seen[idx] = True
+        if not seen.all():
+            raise ValueError(f'{self.folder}: {int((~seen).sum())} of {num_samples} samples missing, cannot merge')
+        with atomic_write(self.output_npz) as f:
+            np.savez(f, arr_0=images, **({} if labels is None else {'labels': labels}))
+        return images.shape
+
+
+def write_sample_npz(model, dist: DistInfo, num_samples, output_npz, batch_size, base_seed, settings, **sample_kwargs):
+    """Draw the samples not yet in FILE.shards/ (rank r takes every world_size-th of them), then merge on
+    rank 0. sample_kwargs go to model.sample; settings identify the run (checked when resuming)."""
+    store = ShardStore(output_npz, settings)
+    store.check_settings()
+    if dist.is_main:
+        store.write_settings()
+    # rank 0's listing for every rank; the gather waits for it, so all shard writes come after the scan
+    done = all_gather_objects(store.done_indices() if dist.is_main else None)[0]
+    todo = [i for i in range(num_samples) if i not in done]
+    mine = todo[dist.rank::dist.world_size]
+    if dist.is_main:
+        print(f'{len(done)} of {num_samples} samples already in {store.folder}; drawing {len(todo)} '
+              f'on {dist.world_size} process(es)')
+    bar = tqdm(total=len(todo), unit='img', disable=not dist.is_main, dynamic_ncols=True)
+    start = time.perf_counter()
+    for indices, labels, images in draw_samples(model, mine, num_samples, base_seed, batch_size, **sample_kwargs):
+        store.write(np.array(indices, dtype=np.int64), images, None if labels is None else labels.numpy())
+        bar.update(min(len(indices) * dist.world_size, bar.total - bar.n))  # ranks advance alike: global estimate
+    bar.close()
+    barrier()  # every shard written; the other ranks are done
+    if dist.is_main:
+        seconds = time.perf_counter() - start
+        rate = f'{len(todo) / seconds:.2f} images/s' if todo else 'nothing left to draw'
+        shape = store.merge(num_samples)
+        print(f'wrote {output_npz}: arr_0 {shape} uint8 ({rate}); shards kept in {store.folder} for resuming')
 
 
 def run(args):
@@ -169,14 +264,14 @@ def run(args):
     if args.num_samples:
         settings = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
                     'num_samples': args.num_samples, 'seed': args.seed, **sample_kwargs(args)}
-        write_sample_npz(model, dist, args.num_samples, args.output_npz, args.batch_size, args.seed,
-                         sample_kwargs(args), settings)
+        write_sample_npz(model, dist, args.num_samples, args.output_npz, args.batch_size, args.seed, settings,
+                         **sample_kwargs(args))
         return
     labels = showcase_labels(model, args)
     if args.flops:
         print_flops(model, labels, args)
     else:
-        showcase(model, labels, args, dist.device)
+        showcase(model, labels, args.num_images, args.seed, args.output_dir, **sample_kwargs(args))
 
 
 def main(argv=None):

@@ -13,12 +13,14 @@ DataLoader workers each worker enforces the fraction on its own.
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from data.transforms import TenCropView, view_index
+from data.transforms import TenCropView, center_crop_arr, view_index
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +135,26 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self.all_views:
             return self.transform.all_views(image), label, index  # (10, 3, size, size)
         return self.transform(image, view=view_index(self.seed, self.epoch, index)), label, index
+
+
+def _read_image(path, image_size):
+    with Image.open(path) as image:
+        return np.asarray(center_crop_arr(image.convert('RGB'), image_size))  # (S, S, 3)
+
+
+def load_real_images(root, split, image_size, max_images=None, seed=0, log=print):
+    """(uint8 array (N, S, S, 3), labels (N,), classes) of root/split, ADM center-cropped; unreadable files skipped.
+
+    max_images: read only a random subset of this many files (seeded), in random order.
+    """
+    classes, samples = scan_image_folder(root, split)
+    if max_images is not None:
+        subset = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:max_images]
+        samples = [samples[i] for i in subset.tolist()]
+    bad = set(find_unreadable_images([path for path, _ in samples]))
+    if bad:
+        log(f'skipping {len(bad)} unreadable image(s) under {root}/{split}, e.g. {next(iter(bad))}')
+    samples = [(path, label) for path, label in samples if path not in bad]
+    with ThreadPoolExecutor() as pool:  # PIL decodes without the GIL
+        images = list(pool.map(partial(_read_image, image_size=image_size), [path for path, _ in samples]))
+    return np.stack(images), np.array([label for _, label in samples], dtype=np.int64), classes

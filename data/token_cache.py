@@ -20,6 +20,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from data.transforms import NUM_VIEWS, view_index
+from util.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,8 @@ def codes_path(cache_dir, side):
 
 
 def _write_json(path, obj):
-    """Write JSON to a temporary file, fsync, then rename over path (atomic)."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
+    with atomic_write(path, 'w') as f:
         json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path):

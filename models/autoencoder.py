@@ -1,4 +1,4 @@
-"""VQ autoencoder (spec §3): LlamaGen VQ-16 encoder/decoder, a shared (optionally L2-normalized) codebook,
+"""VQ autoencoder (docs/model.md §3): LlamaGen VQ-16 encoder/decoder, a shared (optionally L2-normalized) codebook,
 and the quantization pyramid that codes one image at every scale by re-encoding resized copies."""
 import os
 

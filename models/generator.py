@@ -1,4 +1,4 @@
-"""The checkerboard generator (spec §4, §6): per-token inputs, the teacher-forced training forward and the
+"""The checkerboard generator (docs/model.md §4, §6): per-token inputs, the teacher-forced training forward and the
 block mask; sampling lives in models/sampler.py. State-dict keys follow the published AR layout."""
 import torch
 import torch.nn as nn

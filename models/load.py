@@ -7,7 +7,7 @@ from models.autoencoder import (VQAutoencoder, autoencoder_kwargs, load_autoenco
                                 read_autoencoder_config)
 from models.generator import CheckerboardGenerator
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
-from util.config import closest
+from util.config import check_keys
 
 MODEL_DEFAULTS = dict(scale_ratio=2, scale_min_size=1, class_cond=False, num_classes=0, num_blocks_per_scale=8,
                       uncond_training_prob=0.1, random_block_size=False, random_replace=0.0,
@@ -16,14 +16,6 @@ MODEL_DEFAULTS = dict(scale_ratio=2, scale_min_size=1, class_cond=False, num_cla
 REQUIRED = ('img_size', 'autoenc', 'llama_config')
 LLAMA_KEYS = ('hidden_size', 'intermediate_size', 'num_attention_heads', 'num_hidden_layers', 'rms_norm_eps')
 AUTOENC_KEYS = ('config_path', 'checkpoint_path', 'params')
-
-
-def check_keys(section, allowed, where):
-    """Unknown keys -> ValueError naming the key and the closest valid one."""
-    for key in section:
-        if key not in allowed:
-            hint = closest(key, allowed) or f'; valid keys: {sorted(allowed)}'
-            raise ValueError(f"unknown key '{where}.{key}'{hint}")
 
 
 def resolve_path(path, checkpoint_path=None):

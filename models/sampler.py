@@ -1,4 +1,4 @@
-"""Sampling (spec §7): scales coarse to fine, each in checkerboard blocks; one transformer pass per block over
+"""Sampling (docs/model.md §7): scales coarse to fine, each in checkerboard blocks; one transformer pass per block over
 the new slots only, against a preallocated KV cache; classifier-free guidance; per-sample seeds."""
 from dataclasses import dataclass, field
 

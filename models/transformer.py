@@ -1,5 +1,5 @@
 """Pre-norm Llama transformer with adaLN class conditioning, learned unit-modulus rotary positions and
-current/past key mixing (spec §5). State-dict keys follow the published `llama.*` layout."""
+current/past key mixing (docs/model.md §5). State-dict keys follow the published `llama.*` layout."""
 import math
 
 import torch

@@ -32,7 +32,7 @@ def test_matches_published_outputs(fixture_ae, fixtures_dir, model):
     np.testing.assert_allclose(recon.numpy(), expected['expected/vq_recon'], atol=1e-3)
 
 
-# --- a functional reference written from the spec (seed-model.md §3), for configs beyond the fixture ---
+# --- a functional reference written from the spec (docs/model.md §3), for configs beyond the fixture ---
 
 def ref_norm(x, sd, p):
     return F.group_norm(x, 32, sd[p + '.weight'], sd[p + '.bias'], eps=1e-6)

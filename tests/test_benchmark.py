@@ -1,7 +1,7 @@
 """util/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
 import yaml
 
-from util import benchmark
+from models import benchmark
 
 
 def test_benchmark_prints_its_figures(tmp_path, capsys):

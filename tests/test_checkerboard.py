@@ -1,4 +1,6 @@
 """Progressive checkerboard order, scale lists and block schedules."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,8 @@ from models.checkerboard import (block_layout, checkerboard_order, random_block_
                                  scale_sizes, scan_ranks)
 
 
-def test_orders_match_published(fixtures_dir):
-    orders = np.load(f'{fixtures_dir}/checkerboard_orders.npz')
+def test_orders_match_published():
+    orders = np.load(os.path.join(os.path.dirname(__file__), 'fixtures', 'checkerboard_orders.npz'))  # shared copy
     for side in range(1, 33):
         assert np.array_equal(checkerboard_order(side).numpy(), orders[f'order_{side}']), side
 

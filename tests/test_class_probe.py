@@ -1,4 +1,4 @@
-"""Class probe: training on a tiny synthetic ImageFolder, checkpoint reuse, consistency and Frechet figures."""
+"""Class probe (models.class_probe, evaluator.train_probe / probe_report): training on a tiny synthetic ImageFolder, checkpoint reuse, consistency and Frechet figures."""
 import os
 
 import numpy as np
@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from util.checkpoint import CheckpointError
-from util.class_probe import feature_frechet, load_probe, load_real_images, probe_report, train_probe
+from data.image_folder import load_real_images
+from evaluator import probe_report, train_probe
+from models.class_probe import feature_frechet, load_probe
 
 SIZE = 16
 COLOURS = {'blue': (30, 40, 220), 'green': (40, 200, 50), 'red': (220, 40, 30)}  # sorted, as ImageFolder sorts
@@ -44,7 +46,7 @@ def trained(tmp_path_factory):
 def test_training_reaches_high_accuracy_and_saves(trained):
     root, path, probe, logs = trained
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt['classes'] == sorted(COLOURS) and ckpt['image_size'] == SIZE
+    assert ckpt['config']['classes'] == sorted(COLOURS) and ckpt['config']['image_size'] == SIZE
     assert ckpt['val_accuracy'] == probe.val_accuracy >= 0.95
     assert any('saved' in line for line in logs)
 
@@ -69,7 +71,7 @@ def test_training_is_deterministic_from_seed(trained, tmp_path):
 
 def test_max_images_bounds_what_is_read(trained, tmp_path, monkeypatch):
     root, _, _, _ = trained
-    import util.class_probe as class_probe
+    import evaluator
     counts = []
 
     def spy(*args, **kwargs):
@@ -77,7 +79,7 @@ def test_max_images_bounds_what_is_read(trained, tmp_path, monkeypatch):
         counts.append(len(images))
         return images, labels, classes
 
-    monkeypatch.setattr(class_probe, 'load_real_images', spy)
+    monkeypatch.setattr(evaluator, 'load_real_images', spy)
     probe = train_probe(root, SIZE, 'cpu', str(tmp_path / 'small.pt'), epochs=1, max_images=12, log=lambda m: None)
     assert counts == [12, 12]  # train and val subsets, of 90 and 30 images
     assert torch.load(tmp_path / 'small.pt', weights_only=True)['train']['max_images'] == 12

@@ -198,11 +198,12 @@ def test_torch_backend_offline_is_one_clear_error(monkeypatch):
 def test_graph_download_offline_is_one_clear_error(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError('no network')
-    monkeypatch.setattr(inception_features.urllib.request, 'urlretrieve', offline)
+    monkeypatch.setattr(inception_features.urllib.request, 'urlopen', offline)
     with pytest.raises(inception_features.InputError) as err:
         inception_features.download(inception_features.INCEPTION_GRAPH_URL, str(tmp_path / 'g.pb'), '--inception_graph')
     message = str(err.value)
     assert 'classify_image_graph_def.pb' in message and '--inception_graph' in message and '\n' not in message
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 
 
 # ---------------------------------------------------------------- evaluator CLI with a fake Inception

@@ -54,7 +54,7 @@ def test_greedy_sampling_matches_published(published):
     assert len(out.step_logits) == len([k for k in expected if k.startswith('expected/sample_step_logits')])
 
 
-# --- a reference written from the spec (seed-model.md §4-§5) for configs beyond the fixtures ---
+# --- a reference written from the spec (docs/model.md §4-§5) for configs beyond the fixtures ---
 
 def ref_teacher_forced_logits(model, codes, labels, steps):
     """Eval-mode logits (B, P, V) computed token by token from the state dict and the spec text."""

@@ -17,7 +17,7 @@ from models import build_generator, load_generator
 from models.autoencoder import VQAutoencoder
 from util import checkpoint as checkpoint_io
 from util.checkpoint import load_checkpoint
-from util.inline_eval import latest_evaluation
+from evaluator import latest_evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +98,36 @@ def test_exact_resume(setup):
     assert model.sample(labels=[3], seeds=[0], steps_per_scale=2).codes[-1].shape == (1, 4, 4)
 
 
+def folder_state(folder):
+    """{file: bytes} of everything under folder."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_resume_into_another_architecture_is_one_line(setup, capsys):
+    out = setup / 'arch'
+    run(setup, out, '--max_steps', '2')
+    before = folder_state(out)
+    for flags, setting in ((['--model.llama_config.hidden_size', '64'], 'model.llama_config.hidden_size = 32'),
+                           (['--model.scan_order', 'raster'], "model.scan_order = 'checkerboard'")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run(setup, out, '--max_steps', '4', *flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert setting in err[0] and '--output_dir' in err[0], err[0]
+        assert folder_state(out) == before  # nothing written
+    # a checkpoint without its config (a published-style file) is caught at the first mismatched tensor
+    ck = load_checkpoint(out / 'checkpoint-last.pth')
+    del ck['config']
+    torch.save(ck, out / 'checkpoint-last.pth')
+    before = folder_state(out)
+    with pytest.raises(SystemExit) as e:
+        run(setup, out, '--max_steps', '4', '--model.llama_config.intermediate_size', '96')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'shape mismatch at' in err[0], err
+    assert folder_state(out) == before
+
+
 def test_compiled_training_matches_eager(setup):
     eager, compiled = setup / 'eager', setup / 'compiled'
     run(setup, eager, '--max_steps', '3')
@@ -155,7 +185,7 @@ def test_non_finite_loss_stops_cleanly(setup, capsys):
     with pytest.raises(SystemExit) as e:
         run(setup, out, '--max_steps', '4')
     assert e.value.code == 1
-    assert 'non-finite loss (nan) at step 3' in capsys.readouterr().err
+    assert 'non-finite loss at step 3 (this rank: nan)' in capsys.readouterr().err
     assert (out / 'checkpoint-last.pth').read_bytes() == before
 
 

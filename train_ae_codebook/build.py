@@ -2,17 +2,14 @@
 
 Config layout: `model:` is the published autoencoder config's model section (`target`, `params`) plus an
 `init:` block (checkpoint to start from, parts to freeze); `args:` holds the training settings (SCHEMA)."""
-import os
-
 import torch
-import yaml
 
 from data.builtin import resolve_data_path
 from data.image_folder import ImageFolderDataset
 from models.autoencoder import ARCH_PARAMS, VQAutoencoder, autoencoder_kwargs
 from models.checkerboard import scale_sizes
 from util.checkpoint import load_checkpoint, load_matching_state_dict, unwrap_state_dict
-from util.config import ConfigError, Option, closest
+from util.config import ConfigError, Option, check_keys
 
 DEFAULT_TARGET = 'cbgen.autoencoder.VQModel'  # the published class path: written to configs, never imported
 MODEL_KEYS = ('target', 'params', 'init')
@@ -27,7 +24,7 @@ CODEBOOK_KEYS = ('quantize.', 'cluster_usage_train')
 
 SCHEMA = {
     'data_path': Option(str, 'shapes32', 'ImageFolder root (<root>/<split>/<class>/*) or a built-in dataset name'),
-    'data_cache': Option(str, 'data/builtin', 'folder where built-in datasets are generated'),
+    'builtin_root': Option(str, 'data/builtin', 'where built-in datasets are generated'),
     'val_split': Option(str, 'val', "validation split under data_path ('' for none)"),
     'output_dir': Option(str, 'outputs/ae', 'checkpoint, autoencoder_config.yaml, log and pictures go here'),
     'resume': Option(str, '', 'checkpoint to resume from (default: output_dir/checkpoint-last.pth if present)'),
@@ -54,25 +51,19 @@ SCHEMA = {
 }
 
 
-def _check_keys(section, valid, where, hint=''):
-    for key in section:
-        if key not in valid:
-            raise ConfigError(f"unknown key '{where}.{key}'{closest(key, valid)}{hint}")
-
-
 def build_autoencoder(model_cfg, source):
     """(VQAutoencoder, init options with defaults) of a config's model section; ConfigError if bad."""
-    _check_keys(model_cfg, MODEL_KEYS, 'model')
+    check_keys(model_cfg, MODEL_KEYS, 'model')
     params = model_cfg.get('params')
     if not isinstance(params, dict):
         raise ConfigError(f'{source}: model.params is required (the published autoencoder schema)')
-    _check_keys(params, ARCH_PARAMS, 'model.params', hint='; training settings go in args:')
+    check_keys(params, ARCH_PARAMS, 'model.params', hint='; training settings go in args:')
     try:
         autoencoder = VQAutoencoder(**autoencoder_kwargs({'model': {'params': params}}, source))
     except (ValueError, TypeError) as e:
         raise ConfigError(f'{source}: model.params: {e}') from None
     init = dict(model_cfg.get('init') or {})
-    _check_keys(init, INIT_OPTIONS, 'model.init')
+    check_keys(init, INIT_OPTIONS, 'model.init')
     init = {key: init.get(key, option.default) for key, option in INIT_OPTIONS.items()}
     for key, option in INIT_OPTIONS.items():
         if init[key] is not None and not isinstance(init[key], option.type):
@@ -132,17 +123,10 @@ def autoencoder_config(model_cfg):
     return {'model': {'target': model_cfg.get('target', DEFAULT_TARGET), 'params': dict(model_cfg['params'])}}
 
 
-def write_yaml(obj, path):
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(obj, f, sort_keys=False)
-    os.replace(tmp, path)
-
-
 def build_datasets(args, image_size, seed):
     """(train, val or None) ImageFolderDatasets at image_size; ConfigError if the data is unusable."""
     try:
-        root = resolve_data_path(args['data_path'], args['data_cache'])
+        root = resolve_data_path(args['data_path'], args['builtin_root'])
         train = ImageFolderDataset(root, image_size, 'train', seed=seed)
         val = ImageFolderDataset(root, image_size, args['val_split'], seed=seed) if args['val_split'] else None
     except ValueError as e:

@@ -32,7 +32,7 @@ def parse_args(argv):
     parser.add_argument('--checkpoint', required=True, help='autoencoder checkpoint (a layout load_autoencoder reads)')
     parser.add_argument('--config', help='autoencoder config yaml (default: autoencoder_config.yaml beside it)')
     parser.add_argument('--data_path', default='shapes32', help='ImageFolder root or a built-in dataset name')
-    parser.add_argument('--data_cache', default='data/builtin', help='folder where built-in datasets are generated')
+    parser.add_argument('--builtin_root', default='data/builtin', help='folder where built-in datasets are generated')
     parser.add_argument('--split', default='val')
     parser.add_argument('--num_images', type=int, default=1000, help='images spread over the split')
     parser.add_argument('--image_size', type=int, help='default: the config\'s model.params.resolution')
@@ -65,7 +65,7 @@ def evaluate(args):
     autoencoder = load_autoencoder(config, args.checkpoint, device, allow_unsafe=args.unsafe_load)
     size = args.image_size or autoencoder.resolution
     sides = scale_sizes(size, autoencoder.stride, args.scale_ratio)
-    dataset = ImageFolderDataset(resolve_data_path(args.data_path, args.data_cache), size, args.split)
+    dataset = ImageFolderDataset(resolve_data_path(args.data_path, args.builtin_root), size, args.split)
     subset = spread_subset(dataset, args.num_images)
     inception = inception_features(args.inception_weights)
     loader = DataLoader(subset, args.batch_size, num_workers=args.num_workers)

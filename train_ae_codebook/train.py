@@ -9,68 +9,42 @@ codes are redrawn every reinit_every steps. Writes output_dir/checkpoint-last.pt
 beside it (load_autoencoder reads the pair), config.yaml, log.jsonl and pictures/; a run resumes from
 output_dir/checkpoint-last.pth when it is there. Under torchrun it trains with DDP.
 """
-import math
 import os
 import sys
 import time
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from train_ae_codebook.build import (SCHEMA, autoencoder_config, build_autoencoder, build_datasets, check_args,
                                      frozen_modules, load_start_weights, pyramid_sides, spread_images,
-                                     spread_subset, write_yaml)
+                                     spread_subset)
 from train_ae_codebook.codebook import (MomentStats, init_codebook_from_stats, live_codes, perplexity,
                                         reinit_dead_codes, update_usage)
 from train_ae_codebook.metrics import evaluate_pyramid, flat_metrics, format_metrics, save_pyramid_picture
 from train_ae_codebook.objective import PyramidObjective, training_sides
-from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
-from util.config import ConfigError, dump_config, load_config
-from util.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+from util.checkpoint import (CheckpointError, check_same_model, load_checkpoint, load_matching_state_dict,
+                              save_checkpoint)
+from util.config import ConfigError, load_config, read_config, write_yaml
+from util.distributed import all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, is_initialized
+from util.run_dir import CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume
 from util.run_log import RunLog
+from util.schedule import cosine_schedule
 
-CHECKPOINT = 'checkpoint-last.pth'
 PICTURE_IMAGES = 8
 
 
-def sum_over_ranks(tensor):
-    """tensor summed over DDP ranks, in place (unchanged in a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def lr_at(step, args):
-    """Constant lr while gathering statistics, then a cosine decay to lr * min_lr_ratio at the last step."""
-    start = args['quantize_iter_start']
-    if step < start or args['min_lr_ratio'] == 1:
-        return args['lr']
-    progress = (step - start) / max(1, args['steps'] - start)
-    return args['lr'] * (args['min_lr_ratio'] + (1 - args['min_lr_ratio']) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def resume_path(args):
-    """The checkpoint to resume from: args.resume, else output_dir's last checkpoint if present, else None."""
-    if args['resume']:
-        if not os.path.isfile(args['resume']):
-            raise ConfigError(f"args.resume: checkpoint not found: {args['resume']}")
-        return args['resume']
-    path = os.path.join(args['output_dir'], CHECKPOINT)
-    return path if os.path.isfile(path) else None
-
-
-def epoch_batches(dataset, epoch, skip, args, info):
+def epoch_batches(dataset, epoch, skip, args, dist):
     """DataLoader over this rank's shuffled share of the dataset in `epoch`, leaving out its first skip batches."""
-    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=args['seed'],
+    sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args['seed'],
                                  drop_last=True)
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
     indices = list(sampler)[skip * args['batch_size']:]
     return DataLoader(dataset, args['batch_size'], sampler=indices, num_workers=args['num_workers'],
-                      drop_last=True, pin_memory=info.device.type == 'cuda')
+                      drop_last=True, pin_memory=dist.device.type == 'cuda')
 
 
 class Trainer:
@@ -82,27 +56,30 @@ class Trainer:
         check_args(args)
         if args['threads']:
             torch.set_num_threads(args['threads'])
-        self.info = init_distributed(args['device'])
-        torch.manual_seed(args['seed'] + self.info.rank)
+        self.dist = init_distributed(args['device'])
+        torch.manual_seed(args['seed'] + self.dist.rank)
         self.autoencoder, init = build_autoencoder(config['model'], args['config'])
         self.build_data()
         self.sides = pyramid_sides(self.autoencoder, args['scale_ratio'])
         self.stats = MomentStats(self.sides, self.autoencoder.embed_dim)
         self.generator = torch.Generator().manual_seed(args['seed'])  # the same draws on every rank
         self.step = 0
-        checkpoint_path = resume_path(args)
+        checkpoint_path = find_resume(args['output_dir'], args['resume'])
         state = load_checkpoint(checkpoint_path) if checkpoint_path else None
         if state is not None:
+            if isinstance(state.get('config'), dict):
+                check_same_model({'params': state['config']['model']['params']}, {'params': config['model']['params']},
+                                 checkpoint_path)
             load_matching_state_dict(self.autoencoder, state['state_dict'], checkpoint_path)
         elif init['checkpoint']:
             load_start_weights(self.autoencoder, init['checkpoint'])
         self.build_training(frozen_modules(self.autoencoder, init))
         if state is not None:
             self.resume(state, checkpoint_path)
-        self.log = RunLog(args['output_dir'], self.info.is_main)
+        self.log = RunLog(args['output_dir'], self.dist.is_main, name=LOG_FILE)
         self.log.truncate_after(self.step)
-        if self.info.is_main:
-            dump_config(config, os.path.join(args['output_dir'], 'config.yaml'))
+        if self.dist.is_main:
+            write_yaml({'model': config['model'], 'args': args}, os.path.join(args['output_dir'], CONFIG_FILE))
             write_yaml(autoencoder_config(config['model']),
                        os.path.join(args['output_dir'], 'autoencoder_config.yaml'))
 
@@ -110,10 +87,10 @@ class Trainer:
         args = self.args
         self.train_set, val_set = build_datasets(args, self.autoencoder.resolution, args['seed'])
         self.val_set = spread_subset(val_set, args['val_images']) if val_set is not None else None
-        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.info.world_size)
+        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.dist.world_size)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"{len(self.train_set)} training images are fewer than batch_size "
-                              f"{args['batch_size']} x {self.info.world_size} rank(s)")
+                              f"{args['batch_size']} x {self.dist.world_size} rank(s)")
 
     def build_training(self, frozen):
         """Freeze, move to the device, wrap the objective (DDP under torchrun), make the optimizer."""
@@ -121,17 +98,20 @@ class Trainer:
         self.frozen = frozen
         for module in frozen:
             module.requires_grad_(False)
-        ae.to(self.info.device)
+        ae.to(self.dist.device)
         reconstruct = any(p.requires_grad for m in (ae.encoder, ae.decoder, ae.quant_conv, ae.post_quant_conv)
                           for p in m.parameters())
         self.objective = PyramidObjective(ae, args['beta'], reconstruct)
         self.model = self.objective
-        if self.info.enabled:
+        if self.dist.enabled:
             self.model = DistributedDataParallel(
-                self.objective, device_ids=[self.info.local_rank] if self.info.device.type == 'cuda' else None,
+                self.objective, device_ids=[self.dist.local_rank] if self.dist.device.type == 'cuda' else None,
                 find_unused_parameters=reconstruct)  # the codebook is unused while statistics are gathered
         self.optimizer = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=args['lr'],
                                           betas=tuple(args['adam_betas']))
+        # constant lr while statistics are gathered, then a cosine decay to lr * min_lr_ratio at the last step
+        self.scheduler = cosine_schedule(self.optimizer, args['steps'], args['quantize_iter_start'],
+                                         args['lr'] * args['min_lr_ratio'], warmup_lr_init=args['lr'])
 
     def resume(self, state, path):
         """Optimizer, step, random states and latent statistics of a checkpoint (the weights are loaded)."""
@@ -143,7 +123,7 @@ class Trainer:
         self.step = state['step']
         self.generator.set_state(state['rng']['generator'])
         torch.set_rng_state(state['rng']['torch'])
-        if self.info.is_main:
+        if self.dist.is_main:
             print(f'resumed from {path} at step {self.step}')
 
     def set_train_mode(self):
@@ -156,14 +136,10 @@ class Trainer:
         args, ae = self.args, self.autoencoder
         quantize = bool(ae.quantize.initialized)
         sides = training_sides(self.sides, ae.requant_pyramid_levels, args['p_train_random_scale'], self.generator)
-        lr = lr_at(self.step, args)
-        for group in self.optimizer.param_groups:
-            group['lr'] = lr
+        self.scheduler.step_update(self.step)
         with torch.set_grad_enabled(self.objective.reconstruct or quantize):
             out = self.model(images, sides, quantize)
-        if not torch.isfinite(out['loss']):
-            raise FloatingPointError(f"non-finite loss {float(out['loss'])} at step {self.step}; "
-                                     f"lower args.lr or check the data")
+        check_finite(out['loss'].item(), self.step + 1, args['output_dir'], self.dist.device)
         if out['loss'].requires_grad:
             self.optimizer.zero_grad(set_to_none=True)
             out['loss'].backward()
@@ -171,7 +147,7 @@ class Trainer:
         record = {key: float(out[key].detach()) for key in ('loss', 'vq', 'recon')}
         if quantize:
             codes = torch.cat([c.flatten() for c in out['codes'].values()])
-            counts = sum_over_ranks(torch.bincount(codes, minlength=ae.n_embed).float())
+            counts = all_reduce_sum(torch.bincount(codes, minlength=ae.n_embed).float())
             update_usage(ae.cluster_usage_train, counts, args['usage_alpha'])
             done = self.step + 1 - args['quantize_iter_start']
             if args['reinit_every'] and done > 0 and done % args['reinit_every'] == 0:
@@ -182,7 +158,7 @@ class Trainer:
                 self.stats.update(side, latents)
             if self.step + 1 >= args['quantize_iter_start']:
                 for moments in (self.stats.count, self.stats.sum, self.stats.sum_sq):
-                    sum_over_ranks(moments)
+                    all_reduce_sum(moments)
                 rows = init_codebook_from_stats(ae, self.stats, self.generator)
                 record['init_rows'] = rows
         self.step += 1
@@ -194,18 +170,18 @@ class Trainer:
         return {'usage': float(live.float().mean()), 'perplexity': perplexity(usage)}
 
     def save(self):
-        if not self.info.is_main:
+        if not self.dist.is_main:
             return
         state = {'state_dict': self.autoencoder.state_dict(), 'optimizer': self.optimizer.state_dict(),
                  'step': self.step, 'epoch': self.step // self.steps_per_epoch,
                  'rng': {'torch': torch.get_rng_state(), 'generator': self.generator.get_state()},
                  'codebook_stats': self.stats.state_dict(), 'config': self.config}
-        save_checkpoint(state, os.path.join(self.args['output_dir'], CHECKPOINT))
+        save_checkpoint(state, os.path.join(self.args['output_dir'], LAST_CHECKPOINT))
 
     def validate(self, final=False):
         """Per-scale metrics on the validation images and a picture (rank 0); None before the codebook exists."""
         results = None
-        if self.info.is_main and self.val_set is not None and bool(self.autoencoder.quantize.initialized):
+        if self.dist.is_main and self.val_set is not None and bool(self.autoencoder.quantize.initialized):
             ae = self.autoencoder.eval()
             loader = DataLoader(self.val_set, self.args['batch_size'], num_workers=self.args['num_workers'])
             results = evaluate_pyramid(ae, (batch[0] for batch in loader), self.sides)
@@ -214,7 +190,7 @@ class Trainer:
             folder = os.path.join(self.args['output_dir'], 'pictures')
             os.makedirs(folder, exist_ok=True)
             name = 'final.png' if final else f'step{self.step:07d}.png'
-            save_pyramid_picture(ae, images.to(self.info.device), self.sides, os.path.join(folder, name))
+            save_pyramid_picture(ae, images.to(self.dist.device), self.sides, os.path.join(folder, name))
             self.set_train_mode()
         barrier()
         return results
@@ -222,21 +198,21 @@ class Trainer:
     def run(self):
         args = self.args
         self.set_train_mode()
-        bar = tqdm(total=args['steps'], initial=self.step, disable=not self.info.is_main, desc='train')
+        bar = tqdm(total=args['steps'], initial=self.step, disable=not self.dist.is_main, desc='train')
         window, started, first_step = [], time.time(), self.step
         while self.step < args['steps']:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            for images, _, _ in epoch_batches(self.train_set, epoch, skip, args, self.info):
-                record = self.train_step(images.to(self.info.device, non_blocking=True))
+            for images, _, _ in epoch_batches(self.train_set, epoch, skip, args, self.dist):
+                record = self.train_step(images.to(self.dist.device, non_blocking=True))
                 window.append(record)
-                if 'init_rows' in record and self.info.is_main:
+                if 'init_rows' in record and self.dist.is_main:
                     tqdm.write(f"step {self.step}: codebook drawn from latent statistics, rows per scale "
                                f"{dict(zip(self.sides, record['init_rows']))}")
-                if record.get('reinit') and self.info.is_main:
+                if record.get('reinit') and self.dist.is_main:
                     tqdm.write(f"step {self.step}: re-initialized {record['reinit']} dead codes")
                 if self.step % args['log_every'] == 0 or self.step == args['steps']:
                     means = all_reduce_mean({k: sum(r[k] for r in window) / len(window)
-                                             for k in ('loss', 'vq', 'recon')}, self.info.device)
+                                             for k in ('loss', 'vq', 'recon')}, self.dist.device)
                     means.update(self.usage_record(), lr=self.optimizer.param_groups[0]['lr'],
                                  reinit=sum(r.get('reinit', 0) for r in window),
                                  sec_per_step=(time.time() - started) / len(window))
@@ -259,15 +235,24 @@ class Trainer:
         self.log.close()
 
 
+def read_training_config(path, **overrides):
+    """The training config of a YAML file, with args overridden by keyword (output_dir=...)."""
+    return read_config(path, SCHEMA, overrides)
+
+
+def train(config):
+    """Train (or resume, or re-check) the run a config describes; the caller's process group stays up."""
+    Trainer(config).run()
+
+
 def main(argv=None):
-    owns_process_group = not (dist.is_available() and dist.is_initialized())  # a caller's group stays up
+    owns_process_group = not is_initialized()
     try:
-        config = load_config(argv, SCHEMA, __doc__.splitlines()[0])
-        Trainer(config).run()
+        train(load_config(argv, SCHEMA, __doc__.splitlines()[0]))
     except (ConfigError, CheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    except FloatingPointError as e:
+    except NonFiniteLoss as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
     finally:

@@ -3,11 +3,12 @@ import argparse
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 
 import torch
+
+from util.atomic import atomic_write
 
 SAFE_GLOBALS = [argparse.Namespace]
 UNSAFE_FLAG = '--unsafe_load'
@@ -40,26 +41,9 @@ def load_checkpoint(path, allow_unsafe=False, map_location='cpu'):
 
 
 def save_checkpoint(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over path (atomic)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save through util.atomic.atomic_write: the old file stays whole until the new one is complete."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def unwrap_state_dict(checkpoint, path, prefix=None):
@@ -98,3 +82,25 @@ def load_matching_state_dict(module, state_dict, path, ignore=()):
     if problems:
         raise CheckpointError(f'{path}: checkpoint does not fit the config: ' + '; '.join(problems))
     module.load_state_dict(state_dict, strict=True)
+
+
+def check_same_model(saved, current, path, ignore=()):
+    """CheckpointError naming the first setting in which the model config saved in checkpoint path differs from
+    the current one (dotted keys in ignore do not count), with the ways out."""
+    saved, current = flatten(saved), flatten(current)
+    for key in {**saved, **current}:
+        if key not in ignore and saved.get(key) != current.get(key):
+            raise CheckpointError(f'{path} holds another model: it was trained with model.{key} = {saved.get(key)!r}, '
+                                  f'the config says {current.get(key)!r}; choose another --output_dir (or --resume), or the config it '
+                                  'was trained with')
+
+
+def flatten(tree, prefix=''):
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat

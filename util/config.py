@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from util.atomic import atomic_write
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one line and exit status 2."""
@@ -26,6 +28,15 @@ class Option:
 def closest(key, valid):
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ''
+
+
+def check_keys(section, valid, where, hint='', source=None):
+    """ConfigError for the first key of section not in valid, naming the closest valid key (or all of them);
+    where is the section's dotted name, source the file it came from."""
+    for key in section:
+        if key not in valid:
+            near = closest(key, valid) or f'; valid keys: {sorted(valid)}'
+            raise ConfigError(f"{source + ': ' if source else ''}unknown key '{where}.{key}'{near}{hint}")
 
 
 def check_type(key, value, option):
@@ -80,48 +91,55 @@ def build_parser(schema, description):
 
 
 def load_config(argv, schema, description=''):
-    """Parse argv into {'model': dict, 'args': dict} with schema defaults filled in, flags applied.
-
-    Raises ConfigError (unknown key with the closest valid one, wrong type, unreadable file)."""
+    """Parse argv (--config FILE, --key value, --model.dotted value) into a config; see read_config."""
     parser = build_parser(schema, description)
     known, rest = parser.parse_known_args(argv)
-    model_overrides = []
+    model_overrides = {}
     while rest:
         flag = rest.pop(0)
         if flag.startswith('--model.') and rest and not rest[0].startswith('--'):
-            model_overrides.append((flag[len('--model.'):], parse_value(rest.pop(0))))
+            model_overrides[flag[len('--model.'):]] = parse_value(rest.pop(0))
         elif flag.startswith('--'):
             raise ConfigError(f'unknown flag {flag}{closest(flag[2:], schema)}')
         else:
             raise ConfigError(f'unexpected argument {flag!r}')
-    if not os.path.isfile(known.config):
-        raise ConfigError(f'config file not found: {known.config}')
+    given = vars(known)
+    return read_config(known.config, schema, {key: given[key] for key in schema if key in given}, model_overrides)
+
+
+def read_config(path, schema, overrides=None, model_overrides=None):
+    """{'model': dict, 'args': dict} from a YAML file: schema defaults filled in, then overrides (args keys)
+    and model_overrides (dotted model keys) applied.
+
+    Raises ConfigError (unknown key with the closest valid one, wrong type, unreadable file)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f'config file not found: {path}')
     try:
-        with open(known.config) as f:
+        with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f'{known.config}: not valid YAML ({str(e).splitlines()[0]})') from None
+        raise ConfigError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
     unknown = set(raw) - {'model', 'args'}
     if unknown:
-        raise ConfigError(f'{known.config}: unknown top-level section {sorted(unknown)[0]!r}; '
-                          'expected model: and args:')
+        raise ConfigError(f'{path}: unknown top-level section {sorted(unknown)[0]!r}; expected model: and args:')
     args = dict(raw.get('args') or {})
-    for key in args:
-        if key not in schema:
-            raise ConfigError(f"{known.config}: unknown key 'args.{key}'{closest(key, schema)}")
-    given = vars(known)
-    args.update({key: given[key] for key in schema if key in given})
+    check_keys(args, schema, 'args', source=path)
+    check_keys(overrides or {}, schema, 'args')
+    args.update(overrides or {})
     args = {key: check_type(key, args.get(key, option.default), option) for key, option in schema.items()}
-    args['config'] = known.config
+    args['config'] = path
     model = dict(raw.get('model') or {})
-    for dotted, value in model_overrides:
+    for dotted, value in (model_overrides or {}).items():
         set_dotted(model, dotted, value)
     return {'model': model, 'args': args}
 
 
-def dump_config(config, path):
-    """Write the effective config as YAML (atomic)."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump({'model': config['model'], 'args': config['args']}, f, sort_keys=False)
-    os.replace(tmp, path)
+def config_text(config):
+    """The effective config (model: and args:) as YAML text."""
+    return yaml.safe_dump({'model': config['model'], 'args': config['args']}, sort_keys=False)
+
+
+def write_yaml(obj, path):
+    """Write obj as YAML, atomically."""
+    with atomic_write(path, 'w') as f:
+        yaml.safe_dump(obj, f, sort_keys=False)

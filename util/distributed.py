@@ -44,8 +44,13 @@ def init_distributed(device=None):
     return DistInfo(rank, world_size, local_rank, dev)
 
 
+def is_initialized():
+    """Whether a process group is up (torchrun with more than one process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier():
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
@@ -53,15 +58,30 @@ def all_reduce_mean(values, device):
     """Mean over ranks of a dict of floats (or 0-d tensors); returns floats."""
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
 
 
+def all_reduce_sum(tensor):
+    """tensor summed over ranks, in place (unchanged in a single process); returns it."""
+    if is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def on_every_rank(flag, device):
+    """True when flag (a bool) holds on every rank."""
+    t = torch.tensor([float(flag)], device=device)
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def all_gather_objects(obj):
     """List of obj from every rank (just [obj] when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -69,5 +89,5 @@ def all_gather_objects(obj):
 
 
 def cleanup():
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()

@@ -1,9 +1,9 @@
-"""Image conversion and saving: decoded images in [-1, 1] -> uint8 (spec §7), grids, PNG files."""
-import os
-
+"""Image conversion and saving: decoded images in [-1, 1] -> uint8 (docs/model.md §7), grids, PNG files."""
 import torch
 import torchvision
 from PIL import Image
+
+from util.atomic import atomic_write
 
 
 def to_uint8(images):
@@ -13,10 +13,9 @@ def to_uint8(images):
 
 
 def save_png(array, path):
-    """Write an (H, W, 3) uint8 array atomically (temporary file, then rename)."""
-    tmp = f'{path}.tmp.png'
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    """Write an (H, W, 3) uint8 array as a PNG, atomically."""
+    with atomic_write(path) as f:
+        Image.fromarray(array).save(f, format='PNG')
 
 
 def save_grid(images, path, nrow=8, pad=2, min_side=64):

@@ -9,6 +9,7 @@ Backends: 'tf' runs the TensorFlow graph that ADM and the published numbers use;
 port of the same network ('inception-v3-compat'), whose Mixed_6d.branch1x1 is the graph's mixed_6/conv.
 """
 import os
+import shutil
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from util.adm_metrics import spatial_vectors
+from util.atomic import atomic_write
 
 INCEPTION_GRAPH_URL = ('https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/'
                        'classify_image_graph_def.pb')
@@ -124,14 +126,13 @@ def compute_activations(batch, extractor, batch_size=64):
 
 def download(url, path, flag):
     """Fetch url to path through a temporary file; offline, an InputError that names flag as the way out."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f'downloading {url} to {path}')
     try:
-        urllib.request.urlretrieve(url, path + '.part')
+        with urllib.request.urlopen(url) as response, atomic_write(path) as f:
+            shutil.copyfileobj(response, f)
     except OSError as e:  # URLError is an OSError
         raise InputError(f'could not download {url} ({getattr(e, "reason", e)}); on an offline machine fetch '
                          f'{os.path.basename(path)} elsewhere and copy it to {path} or pass {flag} PATH') from None
-    os.replace(path + '.part', path)
 
 
 class TFInception:

@@ -2,6 +2,8 @@
 import json
 import os
 
+from util.atomic import atomic_write
+
 
 class RunLog:
     """Append-only JSONL metrics log; also written to TensorBoard if available. A no-op off rank 0."""
@@ -36,10 +38,8 @@ class RunLog:
             return
         with open(self.path) as f:
             keep = [line for line in f if json.loads(line).get('step', 0) <= step]
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
+        with atomic_write(self.path, 'w') as f:
             f.writelines(keep)
-        os.replace(tmp, self.path)
 
     def close(self):
         if self.tb is not None:

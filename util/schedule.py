@@ -18,13 +18,20 @@ def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.95)):
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def cosine_schedule(optimizer, total_steps, warmup_steps, min_lr, warmup_lr_init=0.0):
+    """timm cosine decay to min_lr over the steps after warmup_steps of linear warmup from warmup_lr_init
+    (warmup_lr_init = the optimizer's lr holds it constant meanwhile)."""
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr,
+                             warmup_t=warmup_steps, warmup_lr_init=warmup_lr_init, warmup_prefix=True,
+                             t_in_epochs=False)
+
+
 def build_scheduler(optimizer, args, steps_per_epoch):
-    """A timm scheduler in optimizer steps; call .step_update(step) after every optimizer step."""
+    """The generator's timm scheduler in optimizer steps; call .step_update(step) after every optimizer step."""
     warmup = round(args['warmup_epochs'] * steps_per_epoch)
-    common = dict(warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False)
     if args['lr_schedule'] == 'cosine':
-        return CosineLRScheduler(optimizer, t_initial=max(1, args['epochs'] * steps_per_epoch - warmup),
-                                 lr_min=args['min_lr'], warmup_prefix=True, **common)
+        return cosine_schedule(optimizer, args['epochs'] * steps_per_epoch, warmup, args['min_lr'])
+    common = dict(warmup_t=warmup, warmup_lr_init=0.0, t_in_epochs=False)
     decay_at = [round(e * steps_per_epoch) for e in args['lr_step_epochs']] if args['lr_schedule'] == 'step' else []
     return MultiStepLRScheduler(optimizer, decay_t=decay_at, decay_rate=args['lr_step_factor'],
                                 warmup_prefix=False, **common)

@@ -1,33 +1,18 @@
-"""Offline quality probe: a small CNN classifier trained on a dataset's train split, no download needed.
+"""Offline quality probe: a small CNN classifier trained on a dataset's own images, no download needed.
 
-probe_report gives, for generated samples with requested labels:
-- class_consistency: share of samples the probe assigns to the requested class;
-- real_class_consistency: the same for the held-out real images (root/val), i.e. the probe's val accuracy,
-  the ceiling;
-- frechet: Frechet distance between sample and val features (the probe's pooled penultimate features);
-- frechet_real_baseline: the same for a seeded random subset of root/train of the samples' size (all of
-  train if it has fewer) vs val, so both distances compare the same numbers of images with the same val set
-  (Frechet distances are biased by set size). On shapes32 this baseline is within the spread of val-half vs
-  val-half distances, so the probe having seen the train images does not bias it noticeably.
-
-Real images are read as the ADM reference batches are (center_crop_arr to image_size). Training augments them
-with a random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x TenCrop views the generator
-is trained on.
+It scores generated samples by class consistency (share assigned to the requested class) and a Frechet
+distance in its pooled penultimate features (evaluator.probe_report). Training augments the images with a
+random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x TenCrop views the generator is
+trained on.
 """
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from data.image_folder import find_unreadable_images, scan_image_folder
-from data.transforms import center_crop_arr
 from util.adm_metrics import frechet_distance, gaussian_stats
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
 
@@ -79,29 +64,6 @@ class ClassProbe(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))  # (B, classes)
-
-
-def _read_image(path, image_size):
-    with Image.open(path) as image:
-        return np.asarray(center_crop_arr(image.convert('RGB'), image_size))  # (S, S, 3)
-
-
-def load_real_images(root, split, image_size, max_images=None, seed=0, log=print):
-    """(uint8 array (N, S, S, 3), labels (N,), classes) of root/split, ADM center-cropped; unreadable files skipped.
-
-    max_images: read only a random subset of this many files (seeded), in random order.
-    """
-    classes, samples = scan_image_folder(root, split)
-    if max_images is not None:
-        subset = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:max_images]
-        samples = [samples[i] for i in subset.tolist()]
-    bad = set(find_unreadable_images([path for path, _ in samples]))
-    if bad:
-        log(f'class probe: skipping {len(bad)} unreadable image(s) under {root}/{split}, e.g. {next(iter(bad))}')
-    samples = [(path, label) for path, label in samples if path not in bad]
-    with ThreadPoolExecutor() as pool:  # PIL decodes without the GIL
-        images = list(pool.map(partial(_read_image, image_size=image_size), [path for path, _ in samples]))
-    return np.stack(images), np.array([label for _, label in samples], dtype=np.int64), classes
 
 
 def to_model_input(images, image_size, device):
@@ -176,22 +138,11 @@ def load_probe(path, device, classes=None, image_size=None):
     return probe.to(device).eval()
 
 
-def train_probe(root, image_size, device, out_path, epochs=20, batch_size=128, lr=3e-3, max_images=None, seed=0,
-                log=print):
-    """Train a ClassProbe on root/train, report accuracy on root/val, save it to out_path; returns it (eval mode).
-
-    max_images: train and validate on seeded random subsets of at most this many images (memory stays bounded
-    on ImageNet-sized data). An existing out_path trained for the same classes and image_size is loaded instead
-    (one trained for others is a CheckpointError). Deterministic from seed on CPU (for a fixed thread count).
-    """
-    classes, _ = scan_image_folder(root, 'train')
-    if os.path.exists(out_path):
-        probe = load_probe(out_path, device, classes, image_size)
-        log(f'class probe: loaded {out_path} (val accuracy {probe.val_accuracy:.4f}); not retraining')
-        return probe
+def fit_probe(images, labels, val_images, val_labels, classes, image_size, device, epochs=20, batch_size=128,
+              lr=3e-3, seed=0, log=print):
+    """A ClassProbe trained on uint8 images (N, S, S, 3) with labels (N,), scored on the val arrays; returns
+    it in eval mode with val_accuracy set. Deterministic from seed on a CPU (for a fixed thread count)."""
     start = time.time()
-    images, labels, _ = load_real_images(root, 'train', image_size, max_images, seed, log=log)
-    val_images, val_labels, _ = load_real_images(root, 'val', image_size, max_images, seed, log=log)
     generator = torch.Generator().manual_seed(seed)
     probe = ClassProbe(classes, image_size, generator=generator).to(device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=5e-4)
@@ -214,33 +165,13 @@ def train_probe(root, image_size, device, out_path, epochs=20, batch_size=128, l
             optimizer.step()
             schedule.step()
             total_loss += loss.item()
-        val_accuracy = class_consistency(probe_outputs(probe, val_images, device)[0], val_labels)
+        probe.val_accuracy = class_consistency(probe_outputs(probe, val_images, device)[0], val_labels)
         log(f'class probe: epoch {epoch + 1}/{epochs} loss {total_loss / steps_per_epoch:.4f} '
-            f'val accuracy {val_accuracy:.4f} ({time.time() - start:.0f} s)')
-    probe.val_accuracy = val_accuracy
-    save_checkpoint({'state_dict': probe.state_dict(), 'classes': classes, 'image_size': image_size,
-                     'val_accuracy': val_accuracy, 'config': probe.config,
-                     'train': dict(epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images, seed=seed)},
-                    out_path)
-    log(f'class probe: saved {out_path}')
+            f'val accuracy {probe.val_accuracy:.4f} ({time.time() - start:.0f} s)')
     return probe.eval()
 
 
-def probe_report(probe, samples, labels, real_root, device, batch_size=256, max_images=None, seed=0):
-    """Class consistency and Frechet distance of samples (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1],
-    any side; resized to the probe's) with requested labels (N,), against real_root/val (a seeded subset of at
-    most max_images); see the module doc."""
-    if len(samples) != len(labels) or len(samples) < 2:
-        raise ValueError(f'probe_report: need >= 2 samples and one label each, got {len(samples)} and {len(labels)}')
-    val_images, val_labels, classes = load_real_images(real_root, 'val', probe.image_size, max_images, seed)
-    if classes != probe.classes:
-        raise ValueError(f'probe_report: probe trained for classes {probe.classes}, {real_root} has {classes}')
-    train_images, _, _ = load_real_images(real_root, 'train', probe.image_size, max_images=len(samples), seed=seed)
-    logits, feats = probe_outputs(probe, samples, device, batch_size)
-    val_logits, val_feats = probe_outputs(probe, val_images, device, batch_size)
-    _, train_feats = probe_outputs(probe, train_images, device, batch_size)
-    return {'class_consistency': class_consistency(logits, labels),
-            'real_class_consistency': class_consistency(val_logits, val_labels),
-            'frechet': feature_frechet(feats, val_feats),
-            'frechet_real_baseline': feature_frechet(train_feats, val_feats),
-            'num_samples': len(samples)}
+def save_probe(probe, path, **training):
+    """The probe's weights, config and val accuracy (and the training settings given) to path, atomically."""
+    save_checkpoint({'state_dict': probe.state_dict(), 'val_accuracy': probe.val_accuracy, 'config': probe.config,
+                     'train': training}, path)

@@ -1,8 +1,8 @@
 """Sampling and training-step throughput of a random-weight generator, against the matmul peak measured in
 the same process. Prints figures; writes nothing.
 
-    python -m util.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
-    python -m util.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
+    python -m models.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
+    python -m models.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
         --skip_sampling --train_batch_size 64 --precision fp32 --compile
 """
 import argparse

@@ -1,0 +1,89 @@
+"""util.figures: the maps and scan-order figures save as PNGs, the forming GIF has one frame per drawing step,
+and an interrupted save leaves the previous file in place."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from util.figures import formation_frames, maps_figure, save_figure, save_gif, scan_order_figure
+
+SIDES = [1, 2, 4]
+VOCAB = 64
+
+
+def fake_steps():
+    """[(s, s)] global drawing steps: 1x1 at step 0, 2x2 at steps 1-2, 4x4 at steps 3-6."""
+    return [np.zeros((1, 1), np.int64), np.array([[1, 2], [2, 1]]), np.arange(16).reshape(4, 4) % 4 + 3]
+
+
+def fake_maps_figure():
+    rng = np.random.default_rng(0)
+    probs = [rng.uniform(1e-5, 1, (s, s)) for s in SIDES]
+    entropies = [rng.uniform(0, math.log(VOCAB), (s, s)) for s in SIDES]
+    entropies[2][0, 0] = np.nan  # not drawn
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return maps_figure(image, fake_steps(), probs, entropies, VOCAB)
+
+
+def test_maps_figure_saves_png(tmp_path):
+    figure = fake_maps_figure()
+    # image + entropy plot + 3 rows of one heat map per scale + one colour bar per row
+    assert len(figure.axes) == 2 + 3 * len(SIDES) + 3
+    heat_maps = [ax for ax in figure.axes[2:] if ax.images]  # the colour bars hold no images
+    assert [ax.get_title() for ax in heat_maps] == ['1x1', '2x2', '4x4'] * 3
+    path = tmp_path / 'maps.png'
+    save_figure(figure, path)
+    with Image.open(path) as png:
+        assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300
+
+
+def test_scan_order_figure_saves_png(tmp_path):
+    step_maps = [(s, (np.arange(s * s).reshape(s, s) % 4).astype(float)) for s in SIDES]
+    figure = scan_order_figure(step_maps, np.arange(16).reshape(4, 4), 4)
+    assert [ax.get_title() for ax in figure.axes[:4]] == ['1x1: step', '2x2: step', '4x4: step', '4x4: rank']
+    path = tmp_path / 'scan_order.png'
+    save_figure(figure, path)
+    with Image.open(path) as png:
+        assert png.format == 'PNG'
+
+
+class FakeAutoencoder:
+    """Code vectors of width 3, decoded by upsampling x8 into [-1, 1]."""
+
+    def codes_to_latents(self, codes):
+        return (codes.float()[:, None] / 10).repeat(1, 3, 1, 1)  # (1, 3, s, s)
+
+    def rescale_latents(self, latents, side):
+        return torch.nn.functional.interpolate(latents, size=(side, side), mode='bilinear')
+
+    def decode(self, latents):
+        return torch.nn.functional.interpolate(latents, scale_factor=8).tanh()  # (T, 3, 8s, 8s)
+
+
+def test_save_gif_one_frame_per_step(tmp_path):
+    steps = [torch.from_numpy(s) for s in fake_steps()]
+    codes = [torch.randint(0, VOCAB, (s, s), generator=torch.Generator().manual_seed(s)) for s in SIDES]
+    frames = formation_frames(FakeAutoencoder(), codes, steps, 32)
+    assert len(frames) == 7  # steps 0..6
+    path = tmp_path / 'forming.gif'
+    save_gif(frames, path)
+    with Image.open(path) as gif:
+        assert gif.format == 'GIF' and gif.n_frames == 7
+
+
+def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'maps.png'
+    path.write_bytes(b'previous')
+    figure = fake_maps_figure()
+
+    def broken_savefig(f, **kwargs):
+        f.write(b'\x89PNG partial')
+        raise RuntimeError('interrupted')
+
+    monkeypatch.setattr(figure, 'savefig', broken_savefig)
+    with pytest.raises(RuntimeError, match='interrupted'):
+        save_figure(figure, path)
+    assert path.read_bytes() == b'previous'
+    assert [p.name for p in tmp_path.iterdir()] == ['maps.png']  # no temporary file left
