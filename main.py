@@ -31,10 +31,11 @@ from models.sample_batches import balanced_labels
 from train_ae_codebook import train as train_ae
 from util import distributed
 from util.batches import GlobalBatchSampler
-from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_matching_state_dict, save_checkpoint
+from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
 from util.precision import autocast, resolve_precision
-from util.run_dir import CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume, kept_checkpoint
+from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume,
+                          kept_checkpoint)
 from util.run_log import RunLog
 from util.schedule import SCHEDULES, base_lr, build_optimizer, build_scheduler
 
@@ -170,7 +171,7 @@ class Trainer:
         random.seed(args['seed'] + dist.rank)
         self.model = build_generator(config['model'], device=self.device)
         if resume is not None:  # before anything is written: a mismatch is one line and nothing else
-            load_matching_state_dict(self.model, resume[1]['model'], resume[0])
+            load_resumed_weights(self.model, resume[1]['model'], resume[0])
         self.autoenc_config = read_autoencoder_config(resolve_path(config['model']['autoenc']['config_path']))
         self.data_root = data_root
         self.dataset = self.build_dataset()

@@ -6,6 +6,9 @@
     torchrun --nproc_per_node 8 main_sample.py --checkpoint ... --num_samples 50000 --output_npz samples.npz
         an ADM-layout batch for evaluator.py; resumes from OUTPUT_NPZ.shards/ when interrupted
     python main_sample.py --checkpoint ... --flops
+    python main_sample.py --checkpoint ... --edit_image IMG --edit_mask MASK --labels 3 3 5
+        editing: keeps what MASK keeps (white, or all but a box 'x0,y0,x1,y1'; --outpaint F instead places the
+        image in a larger canvas) and draws the rest, one edit per label; edit_grid.png shows them side by side
 
 Sample i is drawn with seed SEED * 1_000_003 + i (and, for --num_samples, label i * num_classes // N), so an
 image does not depend on the batch size or the number of processes.
@@ -20,10 +23,14 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from data.transforms import center_crop_arr
 from models import load_generator
+from models.editing import edit
+from models.checkerboard import format_schedule, parse_schedule, serial_steps
 from models.sample_batches import MAX_BASE_SEED, balanced_labels, draw_samples, sample_seeds
 from models.sampler import PRECISIONS
 from util.atomic import atomic_write
@@ -55,6 +62,17 @@ def bounded(cast, lo, hi=math.inf, lo_open=False):
     return parse
 
 
+def schedule(text):
+    """argparse type: a sampling schedule (models.checkerboard.parse_schedule), each number >= 1."""
+    try:
+        steps = parse_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if min([steps] if isinstance(steps, int) else steps) < 1:
+        raise argparse.ArgumentTypeError(f'steps must be >= 1, got {text}')
+    return steps
+
+
 def device_name(text):
     try:
         kind = torch.device(text).type
@@ -73,7 +91,8 @@ def parse_args(argv):
     p.add_argument('--device', type=device_name, help='cpu or cuda (default: cuda if available)')
     p.add_argument('--cfg', type=bounded(float, 0), default=2.0, help='classifier-free guidance scale (0: off)')
     p.add_argument('--cfg_start_step', type=bounded(int, 0), default=5, help='first step (global) with guidance')
-    p.add_argument('--steps_per_scale', type=bounded(int, 1), default=4, help='target sampling steps per scale')
+    p.add_argument('--steps_per_scale', type=schedule, default=4,
+                   help="sampling schedule: steps for every scale ('4') or one number per scale ('1,4,4,6')")
     p.add_argument('--temperature', type=bounded(float, 0), default=1.0, help='0: argmax')
     p.add_argument('--top_k', type=bounded(int, 0), default=0, help='keep the k most likely codes (0: all)')
     p.add_argument('--top_p', type=bounded(float, 0, 1, lo_open=True), default=1.0, help='nucleus sampling mass')
@@ -88,6 +107,14 @@ def parse_args(argv):
                                                                      '(default: evenly spaced classes)')
     show.add_argument('--num_images', type=bounded(int, 1), default=16, help='images when --labels is not given')
     show.add_argument('--output_dir', default='samples')
+    edits = p.add_argument_group('editing: in-painting, out-painting, class-conditional editing (the labels or '
+                                 'NUM_IMAGES samples of the showcase, each an edit of the same image)')
+    edits.add_argument('--edit_image', help="an image, center-cropped to the model's size as the training data is")
+    how = edits.add_mutually_exclusive_group()
+    how.add_argument('--edit_mask', help='what to keep: a mask image of the size of --edit_image (white = keep), or '
+                                         "a box 'x0,y0,x1,y1' in pixels of the cropped image that is redrawn")
+    how.add_argument('--outpaint', type=bounded(float, 0, 1, lo_open=True),
+                     help='out-painting: the image shrunk to this fraction of the side, centred, the rest drawn')
     evaluation = p.add_argument_group('evaluation batch (runs under torchrun too)')
     evaluation.add_argument('--num_samples', type=bounded(int, 1), help='N samples, labels i * num_classes // N')
     evaluation.add_argument('--output_npz', help='ADM-layout .npz: arr_0 (N, H, W, 3) uint8 and labels')
@@ -95,8 +122,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if (args.num_samples is None) != (args.output_npz is None):
         p.error('--num_samples and --output_npz go together')
-    if args.num_samples and (args.labels or args.random_classes or args.flops):
-        p.error('--labels, --random_classes and --flops do not apply to --num_samples (balanced labels)')
+    if args.num_samples and (args.labels or args.random_classes or args.flops or args.edit_image):
+        p.error('--labels, --random_classes, --flops and --edit_image do not apply to --num_samples (balanced labels)')
+    if bool(args.edit_image) != bool(args.edit_mask or args.outpaint):
+        p.error('--edit_image goes with one of --edit_mask and --outpaint')
+    if args.outpaint == 1:
+        p.error('--outpaint must be below 1 (1 keeps the whole image)')
     return args
 
 
@@ -130,7 +161,8 @@ def print_flops(model, labels, args):
                          seeds=sample_seeds(args.seed, [0]), decode=decode, **sample_kwargs(args))
         flops[decode] = counter.get_total_flops()
     print(f'FLOPs of one sample: {flops["top"] / 1e9:.4g} GFLOP with decoding, {flops["none"] / 1e9:.4g} GFLOP '
-          f'without (cfg {args.cfg}, {args.steps_per_scale} steps per scale)')
+          f'without (cfg {args.cfg}, schedule {format_schedule(args.steps_per_scale)}: '
+          f'{serial_steps(model.sides, args.steps_per_scale)} serial steps)')
 
 
 def showcase(model, labels, num_images, base_seed, folder, **sample_kwargs):
@@ -164,6 +196,73 @@ def showcase(model, labels, num_images, base_seed, folder, **sample_kwargs):
                               model.img_size)
     save_gif(frames, os.path.join(folder, 'sample_0000_forming.gif'))
     print(f'wrote {n} samples, their maps and sample_0000_forming.gif to {folder}')
+
+
+def read_rgb(path, role):
+    """A PIL RGB image; ValueError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert('RGB')
+    except FileNotFoundError:
+        raise ValueError(f'{role} not found: {path}') from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f'{role} {path}: not a readable image ({str(e).splitlines()[0]})') from None
+
+
+def parse_box(text, size):
+    """'x0,y0,x1,y1' -> (x0, y0, x1, y1) ints with 0 <= x0 < x1 <= size (the same for y); ValueError otherwise."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(','))
+    except ValueError:
+        raise ValueError(f"--edit_mask {text}: neither an image file nor a box 'x0,y0,x1,y1' of whole pixels") from None
+    if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+        raise ValueError(f'--edit_mask box {text} must lie inside the {size}x{size} image with x0 < x1 and y0 < y1')
+    return x0, y0, x1, y1
+
+
+def edit_inputs(args, size):
+    """(image (3, S, S) float in [-1, 1], keep (S, S) bool) of --edit_image with --edit_mask or --outpaint."""
+    original = read_rgb(args.edit_image, '--edit_image')
+    image = np.array(center_crop_arr(original, size))  # (S, S, 3) uint8
+    keep = np.ones((size, size), dtype=bool)
+    if args.outpaint:
+        side = max(1, round(args.outpaint * size))
+        first = (size - side) // 2
+        canvas = np.zeros_like(image)
+        canvas[first:first + side, first:first + side] = np.asarray(Image.fromarray(image).resize((side, side),
+                                                                                                  Image.BICUBIC))
+        image, keep = canvas, np.zeros_like(keep)
+        keep[first:first + side, first:first + side] = True
+    elif os.path.isfile(args.edit_mask):
+        mask = read_rgb(args.edit_mask, '--edit_mask')
+        if mask.size != original.size:
+            raise ValueError(f'--edit_mask {args.edit_mask} is {mask.size[0]}x{mask.size[1]} but --edit_image is '
+                             f'{original.size[0]}x{original.size[1]}; give a mask of the same size (white = keep)')
+        keep = np.asarray(center_crop_arr(mask, size))[..., 0] > 127
+    else:
+        x0, y0, x1, y1 = parse_box(args.edit_mask, size)
+        keep[y0:y1, x0:x1] = False
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, torch.from_numpy(keep)
+
+
+def write_edits(model, image, keep, labels, num_images, base_seed, folder, **sample_kwargs):
+    """Edit image (3, S, S) keeping keep (S, S): one sample per label (or num_images for an unconditional model),
+    sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white = kept), edit_NNNN.png
+    and edit_grid.png (input, the input with the redrawn region dimmed, the edits) to folder."""
+    n = num_images if labels is None else len(labels)
+    device = model.seq_positions.device
+    images, keeps = image[None].expand(n, -1, -1, -1).to(device), keep[None].expand(n, -1, -1).to(device)
+    out = edit(model, images, keeps, labels, seeds=sample_seeds(base_seed, range(n)), decode='top', **sample_kwargs)
+    os.makedirs(folder, exist_ok=True)
+    shown = torch.where(keep[None], image, image * 0.3 - 0.7)  # the redrawn region dimmed
+    save_png(to_uint8(image[None])[0], os.path.join(folder, 'edit_input.png'))
+    save_png(np.repeat(keep.numpy()[..., None] * np.uint8(255), 3, axis=-1), os.path.join(folder, 'edit_mask.png'))
+    edited = out.images[-1].cpu()  # (n, 3, S, S)
+    for i, picture in enumerate(to_uint8(edited)):
+        save_png(picture, os.path.join(folder, f'edit_{i:04d}.png'))
+    save_grid(torch.cat([image[None], shown[None], edited]), os.path.join(folder, 'edit_grid.png'), nrow=n + 2)
+    print(f'wrote {n} edits of {folder}/edit_input.png and edit_grid.png (input, kept region, edits) to {folder}')
+    return out
 
 
 class ShardStore:
@@ -261,6 +360,9 @@ def run(args):
     if dist.enabled and not args.num_samples:
         raise ValueError('only --num_samples runs on several processes')
     model = load_generator(args.checkpoint, args.use_ema, dist.device, allow_unsafe=args.unsafe_load)
+    steps = serial_steps(model.sides, args.steps_per_scale)  # a schedule that does not fit: ValueError, exit 2
+    if dist.is_main:
+        print(f'schedule {format_schedule(args.steps_per_scale)} over scales {model.sides}: {steps} serial steps')
     if args.num_samples:
         settings = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
                     'num_samples': args.num_samples, 'seed': args.seed, **sample_kwargs(args)}
@@ -270,6 +372,9 @@ def run(args):
     labels = showcase_labels(model, args)
     if args.flops:
         print_flops(model, labels, args)
+    elif args.edit_image:
+        image, keep = edit_inputs(args, model.img_size)
+        write_edits(model, image, keep, labels, args.num_images, args.seed, args.output_dir, **sample_kwargs(args))
     else:
         showcase(model, labels, args.num_images, args.seed, args.output_dir, **sample_kwargs(args))
 

@@ -71,6 +71,43 @@ def sampling_block_sizes(n, steps_per_scale):
     return [b] * (n // b) + ([n % b] if n % b else [])
 
 
+def schedule_block_sizes(sides, schedule):
+    """Block sizes of every scale under a sampling schedule: one number of steps for every scale (capped at a
+    scale's positions, as published) or a list with one number per scale, coarse to fine (each at most the
+    scale's positions). k steps on n positions means blocks of max(1, n // k), the last one shorter, so a k
+    that does not divide n can take a step more. ValueError naming the problem."""
+    per_scale = [schedule] * len(sides) if isinstance(schedule, int) else list(schedule)
+    if len(per_scale) != len(sides):
+        raise ValueError(f'schedule {format_schedule(schedule)} has {len(per_scale)} entries but the model has '
+                         f'{len(sides)} scales {list(sides)}: give one number, or one per scale')
+    for side, steps in zip(sides, per_scale):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f'schedule {format_schedule(schedule)}: steps must be whole numbers >= 1, got {steps!r}')
+        if not isinstance(schedule, int) and steps > side * side:
+            raise ValueError(f'schedule {format_schedule(schedule)}: {steps} steps for the {side}x{side} scale, '
+                             f'which has only {side * side} positions')
+    return [sampling_block_sizes(s * s, k) for s, k in zip(sides, per_scale)]
+
+
+def serial_steps(sides, schedule):
+    """Total number of sequential sampling steps of a schedule (transformer passes, the class token's aside)."""
+    return sum(len(blocks) for blocks in schedule_block_sizes(sides, schedule))
+
+
+def parse_schedule(text):
+    """'4' -> 4 (every scale), '1,4,4,6' -> [1, 4, 4, 6] (one per scale); ValueError otherwise."""
+    try:
+        steps = [int(part) for part in str(text).split(',')]
+    except ValueError:
+        raise ValueError(f"a schedule is a number of steps per scale ('4') or one per scale ('1,4,4,6'), "
+                         f'got {text!r}') from None
+    return steps[0] if len(steps) == 1 else steps
+
+
+def format_schedule(schedule):
+    return str(schedule) if isinstance(schedule, int) else ','.join(map(str, schedule))
+
+
 def random_block_size(n, generator=None):
     """Training block size: x ~ U[1, floor(sqrt n)]; x or n // x with p=0.5 each (no double-counted x)."""
     mid = math.isqrt(n)

@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.checkerboard import SCAN_ORDERS, block_layout, random_block_size, scale_sizes, scan_ranks
+from models.checkerboard import (SCAN_ORDERS, block_layout, random_block_size, scale_sizes, scan_ranks,
+                                 schedule_block_sizes)
 from models.sampler import sample
 from models.transformer import Transformer
 
@@ -217,14 +218,17 @@ class CheckerboardGenerator(nn.Module):
             w = L2GradPenalty.apply(w, self.head_weights_l2_loss)
         return F.linear(h, w + self.lm_head.weight, self.lm_head.bias)
 
-    def eval_block_sizes(self, steps_per_scale):
-        return [max(1, s * s // steps_per_scale) for s in self.sides]
+    def eval_block_sizes(self, schedule):
+        """The block size of every scale under a sampling schedule (models.checkerboard.schedule_block_sizes)."""
+        return [blocks[0] for blocks in schedule_block_sizes(self.sides, schedule)]
 
-    def teacher_forced_logits(self, codes, labels, steps_per_scale=None):
-        """Logits (B, P, V) in sequence order (no class token), fixed block sizes, no training randomness."""
-        blocks = self.eval_block_sizes(steps_per_scale or self.num_blocks_per_scale)
-        inputs, _, carried_pos, block_ids = self.sequence_inputs(codes, blocks, [False] * len(self.sides))
-        return self.head(self.hidden_states(inputs, labels, carried_pos, block_ids))
+    def teacher_forced_logits(self, codes, labels, schedule=None):
+        """(logits (B, P, V), targets (B, P)) in sequence order (no class token): the blocks of a sampling
+        schedule (default num_blocks_per_scale), no training randomness, so a token's logits are those the
+        sampler computes at its step given the same earlier codes (docs/model.md §7)."""
+        blocks = self.eval_block_sizes(schedule or self.num_blocks_per_scale)
+        inputs, targets, carried_pos, block_ids = self.sequence_inputs(codes, blocks, [False] * len(self.sides))
+        return self.head(self.hidden_states(inputs, labels, carried_pos, block_ids)), targets
 
     def forward(self, codes_or_images, labels=None, generator=None, rows=None):
         """Training objective. codes_or_images: [(B, s, s)] codes per scale or images (B, 3, H, W).

@@ -7,7 +7,7 @@ from models.autoencoder import (VQAutoencoder, autoencoder_kwargs, load_autoenco
                                 read_autoencoder_config)
 from models.generator import CheckerboardGenerator
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
-from util.config import check_keys
+from util.config import ConfigError, check_keys
 
 MODEL_DEFAULTS = dict(scale_ratio=2, scale_min_size=1, class_cond=False, num_classes=0, num_blocks_per_scale=8,
                       uncond_training_prob=0.1, random_block_size=False, random_replace=0.0,
@@ -30,19 +30,24 @@ def resolve_path(path, checkpoint_path=None):
     return path
 
 
+def check_model_config(model_cfg):
+    """ConfigError (a ValueError) for an unknown or missing key of a `model:` section."""
+    check_keys(model_cfg, list(MODEL_DEFAULTS) + list(REQUIRED), 'model')
+    for key in REQUIRED:
+        if key not in model_cfg:
+            raise ConfigError(f"missing key 'model.{key}'")
+    check_keys(model_cfg['llama_config'], LLAMA_KEYS, 'model.llama_config')
+    check_keys(model_cfg['autoenc'], AUTOENC_KEYS, 'model.autoenc')
+
+
 def build_generator(model_cfg, autoenc_config=None, load_autoencoder_checkpoint=True, checkpoint_path=None,
                     device='cpu'):
     """A CheckerboardGenerator from the `model:` section of a config.
 
     autoenc_config: the parsed autoencoder yaml (else read from autoenc.config_path). The autoencoder's
     weights come from autoenc.checkpoint_path when load_autoencoder_checkpoint."""
-    check_keys(model_cfg, list(MODEL_DEFAULTS) + list(REQUIRED), 'model')
-    for key in REQUIRED:
-        if key not in model_cfg:
-            raise ValueError(f"missing key 'model.{key}'")
-    check_keys(model_cfg['llama_config'], LLAMA_KEYS, 'model.llama_config')
+    check_model_config(model_cfg)
     ae_cfg = model_cfg['autoenc']
-    check_keys(ae_cfg, AUTOENC_KEYS, 'model.autoenc')
     if autoenc_config is None:
         config_path = resolve_path(ae_cfg.get('config_path'), checkpoint_path)
         if config_path is None:

@@ -1,10 +1,11 @@
 """Sampling (docs/model.md §7): scales coarse to fine, each in checkerboard blocks; one transformer pass per block over
-the new slots only, against a preallocated KV cache; classifier-free guidance; per-sample seeds."""
+the new slots only, against a preallocated KV cache; classifier-free guidance; per-sample seeds; known codes
+kept where a mask says so (editing, likelihood checks)."""
 from dataclasses import dataclass, field
 
 import torch
 
-from models.checkerboard import sampling_block_sizes
+from models.checkerboard import schedule_block_sizes
 from util.precision import DTYPES as PRECISIONS, autocast
 
 
@@ -12,7 +13,8 @@ from util.precision import DTYPES as PRECISIONS, autocast
 class SampleOutput:
     """codes: [(B, s, s)] per scale; images: decoded [(B, 3, H, W)], about [-1, 1] (raw decoder output,
     clamp before saving), top scale last;
-    maps: 'step', 'prob', 'entropy' -> [(B, s, s)] per scale; step_logits: raw head outputs per step."""
+    maps: 'step', 'prob', 'logp', 'entropy' -> [(B, s, s)] per scale (probability and log-probability of the
+    drawn or kept code under the distribution it was drawn from); step_logits: raw head outputs per step."""
     codes: list
     images: list
     maps: dict
@@ -37,10 +39,11 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
-def draw(logits, temperature, top_k, top_p, generators):
+def draw(logits, temperature, top_k, top_p, generators, known=None, keep=None):
     """Draw one code per slot. logits (B, S, V) float32; sample b uses only generators[b] (one uniform per
-    slot, inverse-CDF), so its draw does not depend on the rest of the batch. Returns tokens, prob of the
-    drawn code, entropy (of the distribution drawn from; of softmax(logits) when temperature is 0)."""
+    slot, inverse-CDF), so its draw does not depend on the rest of the batch. Where keep (B, S) is True the
+    known code (B, S) replaces the draw (the uniform is still consumed). Returns tokens, log-probability of
+    each token and entropy, both of the distribution drawn from (softmax(logits) when temperature is 0)."""
     logits = filter_logits(logits / (temperature or 1.0), top_k, top_p)
     logp = logits.log_softmax(-1)
     probs = logp.exp()
@@ -53,20 +56,45 @@ def draw(logits, temperature, top_k, top_p, generators):
         # u * total < total keeps the result inside [0, V); right=True never lands on a zero-probability code
         tokens = torch.searchsorted(cdf, torch.minimum(u * total, total.nextafter(torch.zeros_like(total))),
                                     right=True)[..., 0]  # (B, S)
+    if keep is not None:
+        tokens = torch.where(keep, known, tokens)
     entropy = -(probs * logp.nan_to_num(neginf=0.0)).sum(-1)
-    return tokens, probs.gather(-1, tokens[..., None])[..., 0], entropy
+    return tokens, logp.gather(-1, tokens[..., None])[..., 0], entropy
+
+
+def check_known(model, known_codes, known_mask, batch_size, device):
+    """Known codes and masks as lists of (B, s, s) long / bool tensors on device; ValueError if they do not fit."""
+    if len(known_codes) != len(model.sides) or len(known_mask) != len(model.sides):
+        raise ValueError(f'known_codes and known_mask need one grid per scale {model.sides}, '
+                         f'got {len(known_codes)} and {len(known_mask)}')
+    codes, masks = [], []
+    for side, c, m in zip(model.sides, known_codes, known_mask):
+        c, m = torch.as_tensor(c, device=device).long(), torch.as_tensor(m, device=device).bool()
+        if c.shape != (batch_size, side, side) or m.shape != c.shape:
+            raise ValueError(f'known codes and mask of the {side}x{side} scale must be ({batch_size}, {side}, '
+                             f'{side}), got {tuple(c.shape)} and {tuple(m.shape)}')
+        if (c[m] < 0).any() or (c[m] >= model.vocab_size).any():
+            raise ValueError(f'known codes of the {side}x{side} scale must be in [0, {model.vocab_size})')
+        codes.append(c)
+        masks.append(m)
+    return codes, masks
 
 
 @torch.no_grad()
 def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0,
-           top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False):
+           top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False,
+           known_codes=None, known_mask=None):
     """Sample code pyramids and decode them.
 
     labels: (B,) class ids for a class-conditional model; batch_size for an unconditional one. cfg > 0
     doubles the batch (conditional, then null label) and uses cond + cfg * (cond - uncond) from global step
-    cfg_start_step on. seeds: one int per sample (default: drawn from torch's global RNG). precision:
-    'fp32' or 'bf16' (autocast for the transformer; decoding stays fp32). decode: 'all', 'top' or 'none'."""
+    cfg_start_step on. steps_per_scale: a schedule, one number of steps for every scale or one per scale
+    (models.checkerboard.schedule_block_sizes). seeds: one int per sample (default: drawn from torch's global
+    RNG). precision: 'fp32' or 'bf16' (autocast for the transformer; decoding stays fp32). decode: 'all',
+    'top' or 'none'. known_codes, known_mask: [(B, s, s)] per scale, codes and a bool mask of the positions
+    that keep them; a kept code is placed at its step instead of a draw, and its probability is recorded."""
     device = model.seq_positions.device
+    schedule = schedule_block_sizes(model.sides, steps_per_scale)
     if model.class_cond:
         if labels is None:
             raise ValueError('this model is class-conditional: pass labels')
@@ -84,6 +112,10 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
         seeds = torch.randint(2 ** 62, (batch_size,)).tolist()
     if len(seeds) != batch_size:
         raise ValueError(f'need one seed per sample: {batch_size} samples, {len(seeds)} seeds')
+    if (known_codes is None) != (known_mask is None):
+        raise ValueError('known_codes and known_mask go together')
+    if known_codes is not None:
+        known_codes, known_mask = check_known(model, known_codes, known_mask, batch_size, device)
     generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
     guided = cfg > 0 and model.class_cond
     B = batch_size
@@ -92,7 +124,8 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
 
     dtype = PRECISIONS[precision]
     codebook = model.autoenc.codebook()
-    out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'entropy': []}, labels=labels)
+    out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'logp': [], 'entropy': []},
+                       labels=labels)
     with autocast(device, precision):
         cond = model.class_condition(full_labels)  # (B2, 1, C) or None
         modulations = model.llama.modulations(cond)  # the same at every step: computed once
@@ -108,9 +141,13 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
             src = model.upscaled_source(prev_vecs, i, B2, device)  # (B2, n, E)
             ranked_vecs = torch.zeros(B2, n, codebook.shape[1], device=device)
             ranked = {k: torch.zeros(B, n, device=device, dtype=torch.long if k in ('code', 'step') else None)
-                      for k in ('code', 'step', 'prob', 'entropy')}
+                      for k in ('code', 'step', 'logp', 'entropy')}
+            cells = positions - model.offsets[i]  # (n,) cell of each rank
+            if known_codes is not None:
+                known = known_codes[i].flatten(1)[:, cells]  # (B, n) in rank order
+                keep = known_mask[i].flatten(1)[:, cells]
             start, block = 0, None
-            for size in sampling_block_sizes(n, steps_per_scale):
+            for size in schedule[i]:
                 block = block or size
                 ranks = torch.arange(start, start + size, device=device)
                 carried = ranks - block  # slot j carries slot j of the previous step (or empty)
@@ -125,15 +162,16 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
                 if guided:
                     c, u = logits[:B], logits[B:]
                     logits = c + cfg * (c - u) if step >= cfg_start_step else c
-                tokens, prob, entropy = draw(logits, temperature, top_k, top_p, generators)
+                forced = (known[:, ranks], keep[:, ranks]) if known_codes is not None else (None, None)
+                tokens, logp, entropy = draw(logits, temperature, top_k, top_p, generators, *forced)
                 ranked_vecs[:, ranks] = codebook[tokens].repeat(B2 // B, 1, 1)
-                for key, value in (('code', tokens), ('step', step), ('prob', prob), ('entropy', entropy)):
+                for key, value in (('code', tokens), ('step', step), ('logp', logp), ('entropy', entropy)):
                     ranked[key][:, ranks] = value
                 start, step = start + size, step + 1
-            cells = positions - model.offsets[i]
             grid = {k: torch.empty_like(v).index_copy_(1, cells, v).view(B, side, side) for k, v in ranked.items()}
             out.codes.append(grid['code'])
-            for key in ('step', 'prob', 'entropy'):
+            grid['prob'] = grid['logp'].exp()
+            for key in ('step', 'prob', 'logp', 'entropy'):
                 out.maps[key].append(grid[key])
             prev_vecs = model.autoenc.codes_to_latents(out.codes[-1]).repeat(B2 // B, 1, 1, 1)
     decode_at = {'all': range(len(model.sides)), 'top': [len(model.sides) - 1], 'none': []}[decode]

@@ -1,4 +1,5 @@
-"""Class probe (models.class_probe, evaluator.train_probe / probe_report): training on a tiny synthetic ImageFolder, checkpoint reuse, consistency and Frechet figures."""
+"""Class probe (models.class_probe; evaluator.train_probe, probe_report): training on a tiny synthetic
+ImageFolder, checkpoint reuse, consistency and Frechet figures."""
 import os
 
 import numpy as np

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 import yaml
 
 from models import build_generator, load_generator
-from models.checkerboard import checkerboard_order, sampling_block_sizes
+from models.checkerboard import (checkerboard_order, parse_schedule, sampling_block_sizes, schedule_block_sizes,
+                                 serial_steps)
+from models.likelihood import code_log_likelihood
 from models.sampler import draw, filter_logits
 from util.checkpoint import CheckpointError
 
@@ -27,7 +29,7 @@ def test_teacher_forced_logits_match_published(published):
     labels = torch.from_numpy(expected['inputs/labels']).long()
     for steps in (2, 4):
         with torch.no_grad():
-            logits = model.teacher_forced_logits(codes, labels, steps)
+            logits = model.teacher_forced_logits(codes, labels, steps)[0]
         np.testing.assert_allclose(logits.numpy(), expected[f'expected/train_logits_steps{steps}'], atol=1e-3)
         loss = F.cross_entropy(logits.flatten(0, 1), model_targets(model, codes).flatten())
         assert abs(loss.item() - float(expected[f'expected/train_loss_steps{steps}'])) < 1e-4
@@ -207,7 +209,7 @@ def test_matches_spec_reference(tmp_path, variant):
     labels = torch.tensor([1, model.num_classes]) if model.class_cond else None
     for steps in (1, 3):
         with torch.no_grad():
-            ours = model.teacher_forced_logits(codes, labels, steps)
+            ours = model.teacher_forced_logits(codes, labels, steps)[0]
         torch.testing.assert_close(ours.double(), ref_teacher_forced_logits(model, codes, labels, steps),
                                    atol=1e-4, rtol=1e-4)
 
@@ -225,7 +227,7 @@ def test_cached_sampling_equals_full_forward(tmp_path, variant):
         labels = torch.cat([kwargs['labels'], torch.full((3,), model.num_classes)]) if cond else None
         codes = [torch.cat([c, c]) for c in out.codes] if cond else out.codes
         with torch.no_grad():
-            full = model.teacher_forced_logits(codes, labels, steps)
+            full = model.teacher_forced_logits(codes, labels, steps)[0]
         torch.testing.assert_close(step_logits, full, atol=1e-4, rtol=1e-4)
 
 
@@ -281,11 +283,11 @@ def test_draw_follows_the_distribution_per_sample():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = probs.log().expand(2, 20000, -1)  # (B, S, V)
     generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    tokens, prob, entropy = draw(logits, 1.0, 0, 1.0, generators)
+    tokens, logp, entropy = draw(logits, 1.0, 0, 1.0, generators)
     assert (tokens < 4).all()  # never a zero-probability code
     freq = torch.bincount(tokens[0], minlength=5) / tokens.shape[1]
     assert torch.allclose(freq, probs, atol=0.01)  # about 4 standard errors
-    assert torch.allclose(prob, probs[tokens])
+    assert torch.allclose(logp.exp(), probs[tokens])
     assert torch.allclose(entropy, -(probs[:4] * probs[:4].log()).sum().expand(2, 20000))
     alone, _, _ = draw(logits[1:], 1.0, 0, 1.0, [torch.Generator().manual_seed(1)])
     assert torch.equal(alone[0], tokens[1])  # sample 1's draw does not depend on sample 0
@@ -346,5 +348,58 @@ def test_training_forward_uses_generator_and_reports_scales(tmp_path):
     model.eval()
     with torch.no_grad():
         loss, _ = model(codes, labels)
-        logits = model.teacher_forced_logits(codes, labels)
+        logits = model.teacher_forced_logits(codes, labels)[0]
     assert abs(loss.item() - F.cross_entropy(logits.flatten(0, 1), model_targets(model, codes).flatten()).item()) < 1e-5
+
+
+# --- schedules and the exact likelihood under a schedule --------------------------------------------------
+
+def test_per_scale_schedules_give_the_expected_blocks_and_totals():
+    sides = [1, 2, 4, 8]
+    assert schedule_block_sizes(sides, [1, 4, 4, 6]) == [[1], [1, 1, 1, 1], [4, 4, 4, 4], [10] * 6 + [4]]
+    assert serial_steps(sides, [1, 4, 4, 6]) == 1 + 4 + 4 + 7  # 64 // 6 = 10: six blocks and a remainder
+    assert serial_steps(sides, 4) == 1 + 4 + 4 + 4  # a single number is capped at each scale's positions
+    assert serial_steps(sides, 1) == 4 and serial_steps(sides, 64) == 1 + 4 + 16 + 64
+    assert parse_schedule('4') == 4 and parse_schedule('1,4,4,6') == [1, 4, 4, 6]
+
+
+@pytest.mark.parametrize('schedule, message', [
+    ([1, 4, 0, 4], 'steps must be whole numbers >= 1'),
+    (0, 'steps must be whole numbers >= 1'),
+    ([1, 5, 4, 4], '5 steps for the 2x2 scale, which has only 4 positions'),
+    ([1, 4, 4], 'has 3 entries but the model has 4 scales'),
+])
+def test_bad_schedules_are_one_clear_error(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        schedule_block_sizes([1, 2, 4, 8], schedule)
+
+
+def test_bad_schedule_text_is_one_clear_error():
+    with pytest.raises(ValueError, match="one per scale"):
+        parse_schedule('1;4')
+
+
+def test_sampler_follows_a_per_scale_schedule(tmp_path):
+    model = random_generator(tmp_path, seed=3, img_size=64)
+    assert model.sides == [1, 2, 4, 8, 16]
+    out = model.sample(labels=[2], seeds=[0], steps_per_scale=[1, 2, 3, 8, 16], decode='none')
+    steps = [m[0].unique().numel() for m in out.maps['step']]
+    assert steps == [1, 2, 4, 8, 16]  # 3 steps on 16 positions: blocks of 5, 5, 5 and 1
+    assert out.num_steps == serial_steps(model.sides, [1, 2, 3, 8, 16]) == 31
+
+
+@pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
+def test_likelihood_equals_the_forced_sampler(tmp_path, variant):
+    """The teacher-forced likelihood under a schedule equals the log-probabilities that the sampler records
+    when it is forced to the same codes step by step (an independent computation, through the KV cache)."""
+    model = random_generator(tmp_path, seed=4, **{k: (dict(v) if isinstance(v, dict) else v)
+                                                 for k, v in variant.items()})
+    kwargs = dict(labels=torch.tensor([0, 3, 4])) if model.class_cond else dict(batch_size=3)
+    data = model.sample(**kwargs, seeds=[1, 2, 3], steps_per_scale=3, decode='none').codes  # any codes
+    for schedule in (1, 2, 5, [min(3, s * s) for s in model.sides]):
+        forced = model.sample(**kwargs, seeds=[9, 9, 9], steps_per_scale=schedule, decode='none',
+                              known_codes=data, known_mask=[torch.ones_like(c, dtype=torch.bool) for c in data])
+        assert all(torch.equal(a, b) for a, b in zip(forced.codes, data))
+        recorded = torch.stack([m.flatten(1).sum(1) for m in forced.maps['logp']], 1)  # (B, scales)
+        ours = code_log_likelihood(model, data, kwargs.get('labels'), schedule)
+        torch.testing.assert_close(ours, recorded, atol=1e-3, rtol=1e-5)

@@ -150,3 +150,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, checkpoint, unconditional, capsy
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith('error: ') and err.count('\n') == 1, err
+
+
+def test_per_scale_schedule_and_bad_schedules(checkpoint, tmp_path, capsys):
+    main_sample.main(['--checkpoint', checkpoint, '--labels', '3', '--steps_per_scale', '1,2,4,8',
+                      '--output_dir', str(tmp_path / 'out')])
+    out = capsys.readouterr().out
+    assert 'schedule 1,2,4,8 over scales [1, 2, 4, 8]: 15 serial steps' in out and '15 sequential steps' in out
+    for schedule, message in (('1,2,4', 'has 3 entries but the model has 4 scales'),
+                              ('1,5,4,8', '5 steps for the 2x2 scale'), ('0', 'steps must be >= 1'),
+                              ('two', 'one per scale')):
+        with pytest.raises(SystemExit) as e:
+            main_sample.main(['--checkpoint', checkpoint, '--steps_per_scale', schedule,
+                              '--output_dir', str(tmp_path / 'bad')])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert not (tmp_path / 'bad').exists()

@@ -122,9 +122,9 @@ def test_resume_into_another_architecture_is_one_line(setup, capsys):
     torch.save(ck, out / 'checkpoint-last.pth')
     before = folder_state(out)
     with pytest.raises(SystemExit) as e:
-        run(setup, out, '--max_steps', '4', '--model.llama_config.intermediate_size', '96')
+        run(setup, out, '--max_steps', '4', '--model.llama_config.hidden_size', '48')
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and 'shape mismatch at' in err[0], err
+    assert e.value.code == 2 and len(err) == 1 and 'shape mismatch at' in err[0] and '--output_dir' in err[0], err
     assert folder_state(out) == before
 
 

@@ -274,3 +274,18 @@ def test_evaluate_bad_input_exits_2(tmp_path, capsys):
         evaluate.main(['--checkpoint', str(tmp_path / 'missing.pth')])
     assert exit_info.value.code == 2
     assert 'not found' in capsys.readouterr().err
+
+
+def test_resume_into_another_architecture_is_one_line(tmp_path, data_dir, capsys):
+    out = tmp_path / 'out'
+    path = write_config(tmp_path, {'params': params(n_embed=32, levels=-1)},
+                        base_args(data_dir, out, steps=3, quantize_iter_start=2))
+    run(path)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(path, '--model.params.n_embed', '64', '--steps', '5')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert 'model.params.n_embed = 32' in err[0] and '--output_dir' in err[0], err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -25,8 +25,7 @@ from train_ae_codebook.codebook import (MomentStats, init_codebook_from_stats, l
                                         reinit_dead_codes, update_usage)
 from train_ae_codebook.metrics import evaluate_pyramid, flat_metrics, format_metrics, save_pyramid_picture
 from train_ae_codebook.objective import PyramidObjective, training_sides
-from util.checkpoint import (CheckpointError, check_same_model, load_checkpoint, load_matching_state_dict,
-                              save_checkpoint)
+from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, load_config, read_config, write_yaml
 from util.distributed import all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, is_initialized
 from util.run_dir import CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume
@@ -70,7 +69,7 @@ class Trainer:
             if isinstance(state.get('config'), dict):
                 check_same_model({'params': state['config']['model']['params']}, {'params': config['model']['params']},
                                  checkpoint_path)
-            load_matching_state_dict(self.autoencoder, state['state_dict'], checkpoint_path)
+            load_resumed_weights(self.autoencoder, state['state_dict'], checkpoint_path)
         elif init['checkpoint']:
             load_start_weights(self.autoencoder, init['checkpoint'])
         self.build_training(frozen_modules(self.autoencoder, init))

@@ -11,6 +11,7 @@ import torch
 from util.atomic import atomic_write
 
 SAFE_GLOBALS = [argparse.Namespace]
+RESUME_HINT = 'choose another --output_dir (or --resume), or the config it was trained with'
 UNSAFE_FLAG = '--unsafe_load'
 
 
@@ -90,9 +91,16 @@ def check_same_model(saved, current, path, ignore=()):
     saved, current = flatten(saved), flatten(current)
     for key in {**saved, **current}:
         if key not in ignore and saved.get(key) != current.get(key):
-            raise CheckpointError(f'{path} holds another model: it was trained with model.{key} = {saved.get(key)!r}, '
-                                  f'the config says {current.get(key)!r}; choose another --output_dir (or --resume), or the config it '
-                                  'was trained with')
+            raise CheckpointError(f'{path} holds another model: it was trained with model.{key} = '
+                                  f'{saved.get(key)!r}, the config says {current.get(key)!r}; {RESUME_HINT}')
+
+
+def load_resumed_weights(module, state_dict, path):
+    """load_matching_state_dict for a run being resumed: a mismatch names the ways out."""
+    try:
+        load_matching_state_dict(module, state_dict, path)
+    except CheckpointError as e:
+        raise CheckpointError(f'{e}; {RESUME_HINT}') from None
 
 
 def flatten(tree, prefix=''):

@@ -124,6 +124,21 @@ def scan_order_figure(step_maps, rank_map, steps_per_scale):
     return figure
 
 
+def curves_figure(curves, xlabel, ylabel, title):
+    """Lines with error bars, one per name: curves = {name: (x, y, yerr or None)}, x ascending."""
+    figure = new_figure(6.0, 4.0)
+    ax = figure.subplots()
+    for name, (x, y, yerr) in curves.items():
+        ax.errorbar(x, y, yerr=yerr, marker='o', markersize=4, capsize=3, label=name)
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8)
+    return figure
+
+
 def save_figure(figure, path, dpi=100):
     """Write figure as a PNG atomically."""
     with atomic_write(path) as f:

@@ -1,0 +1,311 @@
+"""Ablation sweeps: train variants of one config and measure each at several sampling schedules.
+
+    python main_sweep.py --config configs/sweeps/ablations.yaml
+
+The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
+model: and args: keys), the training seeds and the evaluation. Every variant x seed trains with main.py's
+trainer into OUTPUT_DIR/<variant>-seed<seed>/ (a rerun skips finished runs and resumes an interrupted one)
+and is then evaluated, the figures cached in its folder as sweep_eval.json:
+- the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
+  under every likelihood schedule, in bits per image and per scale;
+- sample quality at every sample schedule: class consistency with its binomial standard error and the probe's
+  Frechet distance (evaluator.probe_report), and torch-fidelity FID / IS where Inception weights are given and
+  the data has an eval_reference folder.
+After each run it rewrites OUTPUT_DIR/results.json, results.md and two plots, nll_vs_steps.png and
+quality_vs_steps.png: one curve per variant against the total number of serial steps, error bars the standard
+deviation over seeds. Runs go seed by seed, so every variant has one seed before any has two.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import yaml
+
+import evaluator
+import main as train_main
+from data.image_folder import load_real_images
+from models import build_generator, load_generator
+from models.checkerboard import format_schedule, schedule_block_sizes, serial_steps
+from models.likelihood import bits, code_log_likelihood
+from models.load import check_model_config
+from models.sample_batches import draw_samples
+from util.atomic import atomic_write
+from util.checkpoint import CheckpointError, load_checkpoint
+from util.config import ConfigError, check_keys, read_config
+from util.figures import curves_figure, save_figure
+from util.images import save_png
+from util.run_dir import LAST_CHECKPOINT, NonFiniteLoss
+
+SWEEP_KEYS = ('base', 'output_dir', 'seeds', 'variants', 'evaluation')
+EVALUATION = {  # key: default
+    'likelihood_schedules': [1, 2, 4, 8, 16, 64],  # a schedule: steps for every scale, or a list, one per scale
+    'likelihood_images': 1000,  # held-out val images (a seeded subset)
+    'sample_schedules': [1, 4],
+    'num_samples': 500,
+    'batch_size': 100,
+    'cfg': 2.0,
+    'cfg_start_step': 1,
+    'temperature': 1.0,
+    'seed': 0,
+    'probe_epochs': 20,
+    'inception_weights': None,
+}
+EVAL_FILE = 'sweep_eval.json'
+
+
+def read_sweep(path):
+    """The sweep config with evaluation defaults filled in; ConfigError (one line) if it cannot work."""
+    if not os.path.isfile(path):
+        raise ConfigError(f'sweep config not found: {path}')
+    with open(path) as f:
+        sweep = yaml.safe_load(f) or {}
+    check_keys(sweep, SWEEP_KEYS, 'sweep', source=path)
+    for key in ('base', 'variants'):
+        if not sweep.get(key):
+            raise ConfigError(f'{path}: {key} is required (see main_sweep.py --help)')
+    evaluation = sweep.get('evaluation') or {}
+    check_keys(evaluation, EVALUATION, 'evaluation', source=path)
+    sweep['evaluation'] = {**EVALUATION, **evaluation}
+    sweep.setdefault('seeds', [0])
+    sweep.setdefault('output_dir', os.path.join('outputs', os.path.splitext(os.path.basename(path))[0]))
+    if not isinstance(sweep['variants'], dict) or not all(isinstance(v or {}, dict)
+                                                          for v in sweep['variants'].values()):
+        raise ConfigError(f'{path}: variants must map a name to its overrides ({{model.scan_order: raster}})')
+    return sweep
+
+
+def run_config(sweep, variant, seed):
+    """The training config of one run: the base config, the variant's overrides, the seed and the run folder."""
+    overrides = sweep['variants'][variant] or {}
+    args = {key.removeprefix('args.'): value for key, value in overrides.items() if not key.startswith('model.')}
+    model = {key[len('model.'):]: value for key, value in overrides.items() if key.startswith('model.')}
+    args.update(seed=seed, output_dir=os.path.join(sweep['output_dir'], f'{variant}-seed{seed}'))
+    try:
+        config = read_config(sweep['base'], train_main.TRAIN_OPTIONS, args, model)
+        check_model_config(config['model'])
+    except ConfigError as e:
+        raise ConfigError(f'variant {variant}: {e}') from None
+    return config
+
+
+def finished(config):
+    """Whether the run's last checkpoint has reached args.epochs (or args.max_steps)."""
+    args = config['args']
+    path = os.path.join(args['output_dir'], LAST_CHECKPOINT)
+    if not os.path.isfile(path):
+        return False
+    state = load_checkpoint(path)
+    return state['epoch'] >= args['epochs'] or bool(args['max_steps']) and state['step'] >= args['max_steps']
+
+
+def heldout_codes(model, data_root, settings):
+    """Codes [(N, s, s)] and labels (N,) of a seeded subset of data_root/val, ADM center-cropped."""
+    images, labels, _ = load_real_images(data_root, 'val', model.img_size, settings['likelihood_images'],
+                                         settings['seed'], log=lambda message: None)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, S, S)
+    parts = [model.codes_from_images(x[i:i + 256].to(model.seq_positions.device)) for i in range(0, len(x), 256)]
+    return [torch.cat(scale) for scale in zip(*parts)], torch.from_numpy(labels)
+
+
+def likelihood(model, codes, labels, schedule, batch_size):
+    """Mean NLL in bits per image and per scale of the held-out codes under a schedule."""
+    nats = torch.cat([code_log_likelihood(model, [c[i:i + batch_size] for c in codes],
+                                          labels[i:i + batch_size] if model.class_cond else None, schedule)
+                      for i in range(0, len(labels), batch_size)])  # (N, scales)
+    per_scale = bits(-nats).mean(0)
+    return {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule),
+            'bits_per_image': float(per_scale.sum()), 'bits_per_scale': per_scale.tolist()}
+
+
+def sample_quality(model, schedule, settings, data_root, probe, folder):
+    """Class consistency (with its standard error), probe Frechet distance and, where possible, FID / IS of
+    num_samples class-balanced seeded samples drawn with a schedule."""
+    n = settings['num_samples']
+    sample_kwargs = dict(cfg=settings['cfg'], cfg_start_step=settings['cfg_start_step'],
+                         temperature=settings['temperature'], steps_per_scale=schedule)
+    parts = list(draw_samples(model, list(range(n)), n, settings['seed'], settings['batch_size'], **sample_kwargs))
+    images = np.concatenate([images for _, _, images in parts])  # (N, H, W, 3) uint8
+    record = {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule)}
+    if model.class_cond:
+        labels = torch.cat([labels for _, labels, _ in parts])
+        report = evaluator.probe_report(probe, images, labels, data_root, model.seq_positions.device,
+                                        seed=settings['seed'])
+        p = report['class_consistency']
+        record.update(class_consistency=p, class_consistency_se=math.sqrt(p * (1 - p) / n), frechet=report['frechet'])
+    if settings['inception_weights']:
+        sample_dir = os.path.join(folder, f'samples_{format_schedule(schedule)}')
+        os.makedirs(sample_dir, exist_ok=True)
+        for i, image in enumerate(images):
+            save_png(image, os.path.join(sample_dir, f'{i:06d}.png'))
+        record.update(evaluator.fidelity_metrics(sample_dir, os.path.join(data_root, 'eval_reference'),
+                                                 model.seq_positions.device, settings['inception_weights']))
+    return record
+
+
+def evaluate_run(config, settings, data_root, probe, device):
+    """The run's likelihoods and sample qualities, read from its sweep_eval.json when made with these settings."""
+    folder = config['args']['output_dir']
+    path = os.path.join(folder, EVAL_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored['settings'] == settings:
+            return stored
+    model = load_generator(os.path.join(folder, LAST_CHECKPOINT), use_ema=bool(config['args']['ema']), device=device)
+    codes, labels = heldout_codes(model, data_root, settings)
+    result = {'settings': settings, 'sides': model.sides,
+              'likelihood': [likelihood(model, codes, labels, s, settings['batch_size'])
+                             for s in settings['likelihood_schedules']],
+              'samples': [sample_quality(model, s, settings, data_root, probe, folder)
+                          for s in settings['sample_schedules']]}
+    with atomic_write(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def mean_std(values):
+    """(mean, standard deviation over seeds or None for one seed)."""
+    values = np.asarray(values, float)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def aggregate(results, sweep):
+    """{variant: {'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and, per metric, the mean
+    and standard deviation over the seeds."""
+    table = {}
+    for variant in sweep['variants']:
+        runs = [results[name] for name in (f'{variant}-seed{seed}' for seed in sweep['seeds']) if name in results]
+        if not runs:
+            continue
+        table[variant] = {}
+        for part, metrics in (('likelihood', ('bits_per_image',)),
+                              ('samples', ('class_consistency', 'frechet', 'fid', 'isc'))):
+            rows = []
+            for entries in zip(*(run[part] for run in runs)):
+                row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
+                for metric in metrics:
+                    if metric in entries[0]:
+                        row[metric], row[f'{metric}_std'] = mean_std([e[metric] for e in entries])
+                rows.append(row)
+            table[variant][part] = rows
+    return table
+
+
+def number(mean, std, digits):
+    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+def markdown(table, sweep):
+    seeds = ', '.join(map(str, sweep['seeds']))
+    lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
+             'deviation over the seeds.', '',
+             '| variant | schedule | serial steps | NLL (bits per image) |', '| --- | --- | --- | --- |']
+    for variant, parts in table.items():
+        for row in parts['likelihood']:
+            lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
+                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} |")
+    quality = [(v, row) for v, parts in table.items() for row in parts['samples']]
+    if quality:
+        n = sweep['evaluation']['num_samples']
+        lines += ['', f'| variant | schedule | serial steps | class consistency ({n} samples) | probe Fréchet | FID |',
+                  '| --- | --- | --- | --- | --- | --- |']
+        for variant, row in quality:
+            cells = [number(row[m], row[f'{m}_std'], d) if m in row else '–'
+                     for m, d in (('class_consistency', 3), ('frechet', 2), ('fid', 2))]
+            lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
+                         + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plots(table, folder):
+    """nll_vs_steps.png and (with class-conditional samples) quality_vs_steps.png in folder."""
+    def curves(part, metric):
+        found = {}
+        for variant, parts in table.items():
+            rows = sorted((r for r in parts[part] if metric in r), key=lambda r: r['serial_steps'])
+            if rows:
+                std = [r[f'{metric}_std'] for r in rows]
+                found[variant] = ([r['serial_steps'] for r in rows], [r[metric] for r in rows],
+                                  None if None in std else std)
+        return found
+
+    written = []
+    for part, metric, ylabel, name in (('likelihood', 'bits_per_image', 'NLL of held-out codes (bits per image)',
+                                        'nll_vs_steps.png'),
+                                       ('samples', 'class_consistency', 'class consistency of samples',
+                                        'quality_vs_steps.png')):
+        found = curves(part, metric)
+        if found:
+            figure = curves_figure(found, 'total serial steps (log scale)', ylabel, ylabel + ' vs serial steps')
+            save_figure(figure, os.path.join(folder, name))
+            written.append(name)
+    return written
+
+
+def write_results(results, sweep):
+    """results.json, results.md and the plots of the runs evaluated so far."""
+    table = aggregate(results, sweep)
+    folder = sweep['output_dir']
+    with atomic_write(os.path.join(folder, 'results.json'), 'w') as f:
+        json.dump({'sweep': sweep, 'runs': results, 'variants': table}, f, indent=1)
+    with atomic_write(os.path.join(folder, 'results.md'), 'w') as f:
+        f.write(markdown(table, sweep))
+    written = plots(table, folder)
+    print(f"{len(results)} run(s) in {folder}/results.json, results.md{''.join(', ' + name for name in written)}")
+    return table
+
+
+def run_sweep(sweep, device):
+    """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
+    first), rewriting the results after each; returns the aggregated table."""
+    configs = {f'{variant}-seed{seed}': run_config(sweep, variant, seed)
+               for seed in sweep['seeds'] for variant in sweep['variants']}
+    first = next(iter(configs.values()))
+    if first['args']['autoenc_train_config']:
+        train_main.ensure_autoencoder(first)
+    settings = sweep['evaluation']
+    for config in configs.values():  # every check before any training
+        data_root = train_main.validate(config)
+        sides = build_generator(config['model'], load_autoencoder_checkpoint=False).sides
+        for schedule in settings['likelihood_schedules'] + settings['sample_schedules']:
+            schedule_block_sizes(sides, schedule)
+    probe = None
+    if first['model'].get('class_cond') and settings['sample_schedules']:
+        probe = evaluator.train_probe(data_root, min(first['model']['img_size'], 64), device,
+                                      os.path.join(sweep['output_dir'], 'class_probe.pth'),
+                                      seed=settings['seed'], epochs=settings['probe_epochs'])
+    results, table = {}, None
+    for name, config in configs.items():
+        if finished(config):
+            print(f'{name}: finished, not retrained')
+        else:
+            print(f'{name}: training into {config["args"]["output_dir"]}')
+            train_main.train(config)
+        print(f'{name}: evaluating')
+        results[name] = evaluate_run(config, settings, data_root, probe, device)
+        table = write_results(results, sweep)
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True, help='sweep YAML: base, output_dir, seeds, variants, evaluation')
+    parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    try:
+        run_sweep(read_sweep(args.config), device)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLoss as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

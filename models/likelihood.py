@@ -1,0 +1,34 @@
+"""Exact likelihood of code pyramids under a sampling schedule (docs/model.md §7).
+
+The sampler draws the tokens of one block independently given the codes of all earlier blocks, so the
+distribution it samples from with a schedule (labels given, no guidance, temperature 1, no top-k/top-p)
+factorizes over blocks, and the teacher-forced forward with that schedule's blocks gives every factor at
+once: its log-probability of the actual codes is the exact log-likelihood of that distribution. Fewer
+steps mean larger blocks, so more tokens are drawn without seeing each other: a noise-free measure of what
+parallel drawing costs.
+"""
+import math
+
+import torch
+
+from util.precision import autocast
+
+
+@torch.no_grad()
+def code_log_likelihood(model, codes, labels, schedule, precision='fp32'):
+    """(B, number of scales) log-likelihood in nats of each scale's codes [(B, s, s)] with labels (B,) (None
+    for an unconditional model) under the sampling distribution of schedule (an int or one int per scale)."""
+    training = model.training
+    model.eval()
+    try:
+        with autocast(codes[0].device, precision):
+            logits, targets = model.teacher_forced_logits(codes, labels, schedule)  # (B, P, V), (B, P)
+    finally:
+        model.train(training)
+    logp = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # (B, P)
+    return torch.stack([logp[:, model.scale_slice(i)].sum(1) for i in range(len(model.sides))], 1)
+
+
+def bits(nats):
+    """Nats -> bits."""
+    return nats / math.log(2)

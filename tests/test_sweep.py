@@ -1,0 +1,96 @@
+"""main_sweep.py: variants x seeds trained with the normal trainer, resumed after a kill without retraining
+finished runs, evaluated once (likelihood at every schedule, sample quality), results and plots written."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import main as train_main
+import main_sweep
+from data.builtin import ensure_builtin_dataset
+from models.autoencoder import VQAutoencoder
+from util.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    """A tiny built-in dataset, a random stride-8 autoencoder and a one-epoch training config."""
+    d = tmp_path_factory.mktemp('sweep')
+    ensure_builtin_dataset(str(d / 'shapes'), 'shapes32', train_per_class=2, val_per_class=1)
+    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
+    torch.manual_seed(0)
+    torch.save({'state_dict': VQAutoencoder(dd, 64, 4, normalize=True).state_dict()}, d / 'ae.pth')
+    (d / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64, normalize=True,
+                                                                        ddconfig=dd)}}))
+    model = dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,
+                 autoenc=dict(config_path=str(d / 'ae.yaml'), checkpoint_path=str(d / 'ae.pth')),
+                 llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1))
+    args = dict(batch_size=4, lr=1e-3, epochs=1, data_path=str(d / 'shapes'), num_workers=0, log_every=1,
+                warmup_epochs=0.0, save_every_steps=1, device='cpu', precision='fp32')
+    (d / 'base.yaml').write_text(yaml.safe_dump({'model': model, 'args': args}))
+    return d
+
+
+def write_sweep(base, out, **changes):
+    sweep = dict(base=str(base / 'base.yaml'), output_dir=str(out), seeds=[0],
+                 variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster'}},
+                 evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, sample_schedules=[2],
+                                 num_samples=6, batch_size=3, probe_epochs=1))
+    sweep.update(changes)
+    path = out.parent / f'{out.name}.yaml'
+    path.write_text(yaml.safe_dump(sweep))
+    return str(path)
+
+
+def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out)
+    step = train_main.Trainer.train_step
+
+    def dies_in_raster(self, batch):
+        if 'raster' in self.args['output_dir'] and self.step == 2:
+            raise KeyboardInterrupt  # a kill in the middle of the second run
+        return step(self, batch)
+
+    monkeypatch.setattr(train_main.Trainer, 'train_step', dies_in_raster)
+    with pytest.raises(KeyboardInterrupt):
+        main_sweep.main(['--config', config, '--device', 'cpu'])
+    done = (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes()
+    assert load_checkpoint(out / 'raster-seed0' / 'checkpoint-last.pth')['step'] == 2
+    monkeypatch.setattr(train_main.Trainer, 'train_step', step)
+    capsys.readouterr()
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    printed = capsys.readouterr()
+    assert 'checkerboard-seed0: finished, not retrained' in printed.out
+    assert 'resumed from' in printed.out and 'raster-seed0' in printed.out
+    assert (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes() == done
+    results = json.loads((out / 'results.json').read_text())
+    likelihood = results['runs']['raster-seed0']['likelihood']
+    assert [row['serial_steps'] for row in likelihood] == [3, 1 + 4 + 4, 1 + 2 + 4]  # sides 1, 2, 4
+    assert all(row['bits_per_image'] > 0 and len(row['bits_per_scale']) == 3 for row in likelihood)
+    quality = results['variants']['checkerboard']['samples'][0]
+    assert 0 <= quality['class_consistency'] <= 1 and quality['class_consistency_std'] is None
+    assert '| raster | 1,2,3 | 7 |' in (out / 'results.md').read_text()
+    for name in ('nll_vs_steps.png', 'quality_vs_steps.png'):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 100
+    cached = os.stat(out / 'raster-seed0' / 'sweep_eval.json').st_mtime_ns
+    main_sweep.main(['--config', config, '--device', 'cpu'])  # nothing left to do: the evaluation is reused
+    assert os.stat(out / 'raster-seed0' / 'sweep_eval.json').st_mtime_ns == cached
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'variantz': {}}, "unknown key 'sweep.variantz'"),
+    ({'variants': {'a': {'args.epochz': 2}}}, "variant a: unknown key 'args.epochz'"),
+    ({'variants': {'a': {'model.scan_ordr': 'raster'}}}, "variant a: unknown key 'model.scan_ordr'"),
+    ({'evaluation': {'likelihood_schedules': [[1, 2]]}}, 'has 2 entries but the model has 3 scales'),
+])
+def test_bad_sweep_configs_are_one_line(base, tmp_path, capsys, changes, message):
+    config = write_sweep(base, tmp_path / 'bad', **changes)
+    with pytest.raises(SystemExit) as e:
+        main_sweep.main(['--config', config, '--device', 'cpu'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[-1], err
