@@ -34,7 +34,7 @@ from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
 from util.precision import autocast, resolve_precision
-from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume,
+from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, check_finite, exit_on_error, find_resume,
                           kept_checkpoint)
 from util.run_log import RunLog
 from util.schedule import SCHEDULES, base_lr, build_optimizer, build_scheduler
@@ -416,7 +416,7 @@ def write_showcase(config, device):
 
 
 def main(argv=None):
-    try:
+    with exit_on_error((ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError)):
         config = load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0])
         if config['args']['autoenc_train_config']:
             ensure_autoencoder(config)
@@ -427,12 +427,6 @@ def main(argv=None):
             summary = evaluator.latest_evaluation(trainer.log.path)
             if summary:
                 print(summary)
-    except (ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLoss as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == '__main__':

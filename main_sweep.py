@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from util.checkpoint import CheckpointError, load_checkpoint
 from util.config import ConfigError, check_keys, read_config
 from util.figures import curves_figure, save_figure
 from util.images import save_png
-from util.run_dir import LAST_CHECKPOINT, NonFiniteLoss
+from util.run_dir import LAST_CHECKPOINT, exit_on_error
 
 SWEEP_KEYS = ('base', 'output_dir', 'seeds', 'variants', 'evaluation')
 EVALUATION = {  # key: default
@@ -297,14 +296,8 @@ def main(argv=None):
     parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    try:
+    with exit_on_error((ConfigError, CheckpointError, ValueError, FileNotFoundError)):
         run_sweep(read_sweep(args.config), device)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLoss as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == '__main__':

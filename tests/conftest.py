@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,3 +41,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_tiny_run(folder, name, per_class, model=None, args=None):
+    """A tiny built-in dataset (folder/shapes, per_class = (train, val) images per class), a random stride-8
+    autoencoder (folder/ae.pth, ae.yaml) and a training config folder/NAME over them, with model / args
+    entries overriding the tiny defaults."""
+    from data.builtin import ensure_builtin_dataset
+    from models.autoencoder import VQAutoencoder
+    ensure_builtin_dataset(str(folder / 'shapes'), 'shapes32', train_per_class=per_class[0],
+                           val_per_class=per_class[1])
+    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
+    torch.manual_seed(0)
+    torch.save({'state_dict': VQAutoencoder(dd, 64, 4, normalize=True).state_dict()}, folder / 'ae.pth')
+    (folder / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64,
+                                                                             normalize=True, ddconfig=dd)}}))
+    model = {**dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,
+                    autoenc=dict(config_path=str(folder / 'ae.yaml'), checkpoint_path=str(folder / 'ae.pth')),
+                    llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                      num_hidden_layers=2)), **(model or {})}
+    args = {**dict(batch_size=8, lr=1e-3, epochs=3, data_path=str(folder / 'shapes'), num_workers=0, log_every=1,
+                   device='cpu', precision='fp32'), **(args or {})}
+    (folder / name).write_text(yaml.safe_dump({'model': model, 'args': args}))

@@ -4,14 +4,12 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 import main as train_main
 import main_sweep
-from data.builtin import ensure_builtin_dataset
-from models.autoencoder import VQAutoencoder
+from conftest import write_tiny_run
 from util.checkpoint import load_checkpoint
 
 
@@ -19,18 +17,9 @@ from util.checkpoint import load_checkpoint
 def base(tmp_path_factory):
     """A tiny built-in dataset, a random stride-8 autoencoder and a one-epoch training config."""
     d = tmp_path_factory.mktemp('sweep')
-    ensure_builtin_dataset(str(d / 'shapes'), 'shapes32', train_per_class=2, val_per_class=1)
-    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
-    torch.manual_seed(0)
-    torch.save({'state_dict': VQAutoencoder(dd, 64, 4, normalize=True).state_dict()}, d / 'ae.pth')
-    (d / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64, normalize=True,
-                                                                        ddconfig=dd)}}))
-    model = dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,
-                 autoenc=dict(config_path=str(d / 'ae.yaml'), checkpoint_path=str(d / 'ae.pth')),
-                 llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1))
-    args = dict(batch_size=4, lr=1e-3, epochs=1, data_path=str(d / 'shapes'), num_workers=0, log_every=1,
-                warmup_epochs=0.0, save_every_steps=1, device='cpu', precision='fp32')
-    (d / 'base.yaml').write_text(yaml.safe_dump({'model': model, 'args': args}))
+    write_tiny_run(d, 'base.yaml', (2, 1), model=dict(llama_config=dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1)),
+                   args=dict(batch_size=4, epochs=1, warmup_epochs=0.0, save_every_steps=1))
     return d
 
 

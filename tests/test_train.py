@@ -10,14 +10,13 @@ import torch
 import yaml
 
 import main as train_main
-from data.builtin import ensure_builtin_dataset
+from conftest import write_tiny_run
 from data.image_folder import ImageFolderDataset
 from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_token_cache
+from evaluator import latest_evaluation
 from models import build_generator, load_generator
-from models.autoencoder import VQAutoencoder
 from util import checkpoint as checkpoint_io
 from util.checkpoint import load_checkpoint
-from evaluator import latest_evaluation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,19 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def setup(tmp_path_factory):
     """A tiny built-in dataset (8 train images per class), a random stride-8 autoencoder, a tiny config."""
     d = tmp_path_factory.mktemp('train')
-    ensure_builtin_dataset(str(d / 'shapes'), 'shapes32', train_per_class=4, val_per_class=2)
-    dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
-    torch.manual_seed(0)
-    ae = VQAutoencoder(dd, 64, 4, normalize=True)
-    torch.save({'state_dict': ae.state_dict()}, d / 'ae.pth')
-    (d / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64, normalize=True,
-                                                                        ddconfig=dd)}}))
-    model = dict(img_size=32, scale_ratio=2, class_cond=True, random_block_size=True, random_replace=0.1,
-                 use_head_mlp=False, autoenc=dict(config_path=str(d / 'ae.yaml'), checkpoint_path=str(d / 'ae.pth')),
-                 llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2))
-    args = dict(batch_size=8, lr=1e-3, epochs=3, data_path=str(d / 'shapes'), num_workers=0, log_every=1,
-                warmup_epochs=0.5, ema=0.9, clip_grad=1.0, device='cpu', precision='fp32')
-    (d / 'tiny.yaml').write_text(yaml.safe_dump({'model': model, 'args': args}))
+    write_tiny_run(d, 'tiny.yaml', (4, 2), model=dict(random_block_size=True, random_replace=0.1),
+                   args=dict(warmup_epochs=0.5, ema=0.9, clip_grad=1.0))
     return d
 
 

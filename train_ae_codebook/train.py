@@ -10,7 +10,6 @@ beside it (load_autoencoder reads the pair), config.yaml, log.jsonl and pictures
 output_dir/checkpoint-last.pth when it is there. Under torchrun it trains with DDP.
 """
 import os
-import sys
 import time
 
 import torch
@@ -28,7 +27,7 @@ from train_ae_codebook.objective import PyramidObjective, training_sides
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, load_config, read_config, write_yaml
 from util.distributed import all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, is_initialized
-from util.run_dir import CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, NonFiniteLoss, check_finite, find_resume
+from util.run_dir import CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, check_finite, exit_on_error, find_resume
 from util.run_log import RunLog
 from util.schedule import cosine_schedule
 
@@ -247,13 +246,8 @@ def train(config):
 def main(argv=None):
     owns_process_group = not is_initialized()
     try:
-        train(load_config(argv, SCHEMA, __doc__.splitlines()[0]))
-    except (ConfigError, CheckpointError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLoss as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
+        with exit_on_error((ConfigError, CheckpointError)):
+            train(load_config(argv, SCHEMA, __doc__.splitlines()[0]))
     finally:
         if owns_process_group:
             cleanup()

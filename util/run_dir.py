@@ -1,7 +1,9 @@
 """A training run's folder, shared by both trainers: file names, where to resume from, and the stop on a
 non-finite loss."""
+import contextlib
 import math
 import os
+import sys
 
 from util.config import ConfigError
 from util.distributed import on_every_rank
@@ -38,3 +40,17 @@ def check_finite(loss, step, output_dir, device):
         raise NonFiniteLoss(f'non-finite loss at step {step} (this rank: {loss}); stopping without saving, the '
                             f'last checkpoint in {output_dir} is left as it was (lower the learning rate or '
                             'check the data)')
+
+
+@contextlib.contextmanager
+def exit_on_error(usage_errors):
+    """A command's failures as one 'error: ...' line on stderr: usage_errors (bad input) exit with status 2,
+    a non-finite loss with status 1."""
+    try:
+        yield
+    except usage_errors as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLoss as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
