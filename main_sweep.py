@@ -5,13 +5,15 @@
 The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
 model: and args: keys), the training seeds and the evaluation. Every variant x seed trains with main.py's
 trainer into OUTPUT_DIR/<variant>-seed<seed>/ (a rerun skips finished runs and resumes an interrupted one)
-and is then evaluated, the figures cached in its folder as sweep_eval.json:
+and is then evaluated, its figures saved as RESULTS_DIR/runs/<variant>-seed<seed>.json (default RESULTS_DIR:
+OUTPUT_DIR); a run whose figures are there with the same evaluation settings is neither trained nor measured
+again, so a sweep whose results folder is kept (say, committed) resumes on a machine without its checkpoints:
 - the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
   under every likelihood schedule, in bits per image and per scale;
 - sample quality at every sample schedule: class consistency with its binomial standard error and the probe's
   Frechet distance (evaluator.probe_report), and torch-fidelity FID / IS where Inception weights are given and
   the data has an eval_reference folder.
-After each run it rewrites OUTPUT_DIR/results.json, results.md and two plots, nll_vs_steps.png and
+After each run it rewrites RESULTS_DIR/results.json, results.md and two plots, nll_vs_steps.png and
 quality_vs_steps.png: one curve per variant against the total number of serial steps, error bars the standard
 deviation over seeds. Runs go seed by seed, so every variant has one seed before any has two.
 """
@@ -39,7 +41,7 @@ from util.figures import curves_figure, save_figure
 from util.images import save_png
 from util.run_dir import LAST_CHECKPOINT, exit_on_error
 
-SWEEP_KEYS = ('base', 'output_dir', 'seeds', 'variants', 'evaluation')
+SWEEP_KEYS = ('base', 'output_dir', 'results_dir', 'seeds', 'variants', 'evaluation')
 EVALUATION = {  # key: default
     'likelihood_schedules': [1, 2, 4, 8, 16, 64],  # a schedule: steps for every scale, or a list, one per scale
     'likelihood_images': 1000,  # held-out val images (a seeded subset)
@@ -53,7 +55,6 @@ EVALUATION = {  # key: default
     'probe_epochs': 20,
     'inception_weights': None,
 }
-EVAL_FILE = 'sweep_eval.json'
 
 
 def read_sweep(path):
@@ -71,6 +72,7 @@ def read_sweep(path):
     sweep['evaluation'] = {**EVALUATION, **evaluation}
     sweep.setdefault('seeds', [0])
     sweep.setdefault('output_dir', os.path.join('outputs', os.path.splitext(os.path.basename(path))[0]))
+    sweep.setdefault('results_dir', sweep['output_dir'])
     if not isinstance(sweep['variants'], dict) or not all(isinstance(v or {}, dict)
                                                           for v in sweep['variants'].values()):
         raise ConfigError(f'{path}: variants must map a name to its overrides ({{model.scan_order: raster}})')
@@ -145,15 +147,18 @@ def sample_quality(model, schedule, settings, data_root, probe, folder):
     return record
 
 
-def evaluate_run(config, settings, data_root, probe, device):
-    """The run's likelihoods and sample qualities, read from its sweep_eval.json when made with these settings."""
+def stored_evaluation(path, settings):
+    """A run's evaluation saved at path with these settings, or None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        stored = json.load(f)
+    return stored if stored['settings'] == settings else None
+
+
+def evaluate_run(config, settings, data_root, probe, device, path):
+    """Measure a trained run (likelihoods, sample qualities) and save the result to path."""
     folder = config['args']['output_dir']
-    path = os.path.join(folder, EVAL_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored['settings'] == settings:
-            return stored
     model = load_generator(os.path.join(folder, LAST_CHECKPOINT), use_ema=bool(config['args']['ema']), device=device)
     codes, labels = heldout_codes(model, data_root, settings)
     result = {'settings': settings, 'sides': model.sides,
@@ -248,7 +253,7 @@ def plots(table, folder):
 def write_results(results, sweep):
     """results.json, results.md and the plots of the runs evaluated so far."""
     table = aggregate(results, sweep)
-    folder = sweep['output_dir']
+    folder = sweep['results_dir']
     with atomic_write(os.path.join(folder, 'results.json'), 'w') as f:
         json.dump({'sweep': sweep, 'runs': results, 'variants': table}, f, indent=1)
     with atomic_write(os.path.join(folder, 'results.md'), 'w') as f:
@@ -277,22 +282,28 @@ def run_sweep(sweep, device):
         probe = evaluator.train_probe(data_root, min(first['model']['img_size'], 64), device,
                                       os.path.join(sweep['output_dir'], 'class_probe.pth'),
                                       seed=settings['seed'], epochs=settings['probe_epochs'])
-    results, table = {}, None
+    results = {}
     for name, config in configs.items():
+        path = os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
+        results[name] = stored_evaluation(path, settings)
+        if results[name] is not None:
+            print(f'{name}: trained and evaluated earlier ({path})')
+            continue
         if finished(config):
             print(f'{name}: finished, not retrained')
         else:
             print(f'{name}: training into {config["args"]["output_dir"]}')
             train_main.train(config)
         print(f'{name}: evaluating')
-        results[name] = evaluate_run(config, settings, data_root, probe, device)
-        table = write_results(results, sweep)
-    return table
+        results[name] = evaluate_run(config, settings, data_root, probe, device, path)
+        write_results(results, sweep)
+    return write_results(results, sweep)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--config', required=True, help='sweep YAML: base, output_dir, seeds, variants, evaluation')
+    parser.add_argument('--config', required=True,
+                        help='sweep YAML: base, output_dir, results_dir, seeds, variants, evaluation')
     parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))

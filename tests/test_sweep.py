@@ -53,7 +53,7 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     capsys.readouterr()
     main_sweep.main(['--config', config, '--device', 'cpu'])
     printed = capsys.readouterr()
-    assert 'checkerboard-seed0: finished, not retrained' in printed.out
+    assert 'checkerboard-seed0: trained and evaluated earlier' in printed.out
     assert 'resumed from' in printed.out and 'raster-seed0' in printed.out
     assert (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes() == done
     results = json.loads((out / 'results.json').read_text())
@@ -66,9 +66,16 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     for name in ('nll_vs_steps.png', 'quality_vs_steps.png'):
         with Image.open(out / name) as image:
             assert image.size[0] > 100
-    cached = os.stat(out / 'raster-seed0' / 'sweep_eval.json').st_mtime_ns
+    cached = os.stat(out / 'runs' / 'raster-seed0.json').st_mtime_ns
     main_sweep.main(['--config', config, '--device', 'cpu'])  # nothing left to do: the evaluation is reused
-    assert os.stat(out / 'raster-seed0' / 'sweep_eval.json').st_mtime_ns == cached
+    assert os.stat(out / 'runs' / 'raster-seed0.json').st_mtime_ns == cached
+    capsys.readouterr()
+    main_sweep.main(['--config', write_sweep(base, out, evaluation=dict(  # new settings: measured again only
+        likelihood_schedules=[2], likelihood_images=6, sample_schedules=[], num_samples=6, batch_size=3))])
+    printed = capsys.readouterr().out
+    assert 'raster-seed0: finished, not retrained' in printed and 'training into' not in printed
+    assert [row['serial_steps'] for row in json.loads((out / 'runs' / 'raster-seed0.json').read_text())
+            ['likelihood']] == [1 + 2 + 2]
 
 
 @pytest.mark.parametrize('changes, message', [
