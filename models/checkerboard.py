@@ -142,18 +142,3 @@ def sampling_step_map(side, steps_per_scale, scan_order='checkerboard'):
     sizes = sampling_block_sizes(side * side, steps_per_scale)
     step_of_rank = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return step_of_rank[scan_ranks(side, scan_order)].numpy().astype(float)
-
-
-def write_scan_order_figure(path, img_size=256, stride=16, ratio=2, steps_per_scale=4):
-    """The scan-order figure of a pyramid (docs/scan_order.png): the sampling step of every position per scale
-    and the checkerboard rank at the top scale."""
-    from util.figures import save_figure, scan_order_figure
-    sides = scale_sizes(img_size, stride, ratio)
-    figure = scan_order_figure([(s, sampling_step_map(s, steps_per_scale)) for s in sides],
-                               checkerboard_order(sides[-1]).numpy().astype(float), steps_per_scale)
-    save_figure(figure, path)
-
-
-if __name__ == '__main__':  # python -m models.checkerboard docs/scan_order.png
-    import sys
-    write_scan_order_figure(sys.argv[1] if len(sys.argv) > 1 else 'docs/scan_order.png')
