@@ -1,9 +1,11 @@
-"""The layering of docs/design.md, read from the import statements of every project module (function-level
+"""The house: what a bare clone's test run does without the shared fixtures, and the layering of
+docs/design.md, read from the import statements of every project module (function-level
 imports included): util/ imports nothing of the project; models/ and data/ import only util/ (and not each
 other); train_ae_codebook/ imports those; the commands (main.py, main_sample.py, evaluator.py, main_sweep.py)
 import anything below them and may call each other, without cycles."""
 import ast
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,3 +79,21 @@ def test_the_layering_test_sees_a_violation(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], 'ROOT', str(tmp_path))
     assert imported_units('util/bad.py') == {'models'}
     assert import_graph()['util'] == {'models'}
+
+
+def run_fixture_test(shared, ci):
+    """The published-order test file in a subprocess with CHECKERBOARD_SHARED=shared and CI=ci."""
+    env = {**os.environ, 'CHECKERBOARD_SHARED': str(shared), 'CI': ci}
+    return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                           'tests/test_autoencoder.py::test_matches_published_outputs'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_bare_clone_skips_the_fixture_tests_with_one_line(tmp_path):
+    bare = run_fixture_test(tmp_path, 'false')
+    assert bare.returncode == 0, bare.stdout[-2000:]
+    assert '2 skipped' in bare.stdout
+    lines = [line for line in bare.stdout.splitlines() if line.startswith('skipped: seed-compatibility fixtures')]
+    assert len(lines) == 1 and str(tmp_path) in lines[0] and 'CHECKERBOARD_SHARED' in lines[0]
+    under_ci = run_fixture_test(tmp_path, 'true')
+    assert under_ci.returncode == 1 and '2 errors' in under_ci.stdout, under_ci.stdout[-2000:]
