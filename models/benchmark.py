@@ -2,6 +2,8 @@
 the same process. Prints figures; writes nothing.
 
     python -m models.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
+    python -m models.benchmark --config configs/config_256_L.yaml --batch_size 8 64 256 --precision bf16 tf32 \
+        --train_batch_size 64 --device cuda
     python -m models.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
         --skip_sampling --train_batch_size 64 --precision fp32 --compile
 """
@@ -14,7 +16,9 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_generator
-from util.precision import DTYPES as PRECISIONS, autocast
+from util.precision import autocast
+
+PRECISIONS = ('fp32', 'tf32', 'bf16')  # tf32: fp32 tensors, TF32 matmuls and convolutions (GPUs only)
 
 
 def timed(fn, repeats):
@@ -30,9 +34,17 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def use_precision(device, precision):
+    """Set TF32 on or off for the precision; returns the autocast precision ('fp32' or 'bf16')."""
+    if precision == 'tf32' and device.type != 'cuda':
+        raise SystemExit('error: --precision tf32 is a GPU setting; use fp32 or bf16 on a CPU')
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == 'tf32'
+    return 'bf16' if precision == 'bf16' else 'fp32'
+
+
 def matmul_peak(device, precision, size=2048, repeats=5):
     """Best GFLOP/s of a size^3 matmul in this precision."""
-    dtype = PRECISIONS[precision] or torch.float32
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     return 2 * size ** 3 / timed(lambda: a @ b, repeats) / 1e9
@@ -63,16 +75,19 @@ def random_batch(model, batch, device, seed=0):
     return codes, labels if model.class_cond else None
 
 
-def bench_sampling(model, args, device, precision):
-    labels = torch.arange(args.batch_size, device=device) % max(model.num_classes, 1) if model.class_cond else None
-    kwargs = dict(labels=labels, batch_size=None if model.class_cond else args.batch_size, cfg=args.cfg,
-                  steps_per_scale=args.steps_per_scale, seeds=list(range(args.batch_size)), precision=precision,
+def bench_sampling(model, batch, args, device, precision):
+    """(counted FLOPs, median seconds, tokens, peak memory in MiB or None) of sampling one batch."""
+    labels = torch.arange(batch, device=device) % max(model.num_classes, 1) if model.class_cond else None
+    kwargs = dict(labels=labels, batch_size=None if model.class_cond else batch, cfg=args.cfg,
+                  steps_per_scale=args.steps_per_scale, seeds=list(range(batch)), precision=precision,
                   decode='none')
     run = lambda: model.sample(**kwargs)  # noqa: E731
     flops = counted_flops(run)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(run, args.repeats)
-    tokens = args.batch_size * model.num_positions
-    return flops, seconds, tokens
+    memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
+    return flops, seconds, batch * model.num_positions, memory
 
 
 def masked_baseline_forward(model, codes, labels):
@@ -115,11 +130,11 @@ def logit_agreement(model, device):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', default='configs/config_256_S.yaml')
-    parser.add_argument('--batch_size', type=int, default=8)
+    parser.add_argument('--batch_size', type=int, nargs='+', default=[8], help='sampling batch sizes')
     parser.add_argument('--train_batch_size', type=int, default=8)
     parser.add_argument('--cfg', type=float, default=2.0)
     parser.add_argument('--steps_per_scale', type=int, default=4)
-    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=list(PRECISIONS))
+    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=PRECISIONS)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--skip_training', action='store_true')
     parser.add_argument('--skip_sampling', action='store_true')
@@ -134,20 +149,21 @@ def main(argv=None):
     print(f'{args.config}: {params / 1e6:.1f}M generator parameters, sides {model.sides}, '
           f'{model.num_positions} tokens/image, device {device}, {torch.get_num_threads()} threads')
     results = {}
-    for precision in args.precision:
-        peak = matmul_peak(device, precision)
-        if not args.skip_sampling:
-            flops, seconds, tokens = bench_sampling(model, args, device, precision)
+    for name in args.precision:
+        precision = use_precision(device, name)
+        peak = matmul_peak(device, name)
+        for batch in [] if args.skip_sampling else args.batch_size:
+            flops, seconds, tokens, memory = bench_sampling(model, batch, args, device, precision)
             achieved = flops / seconds / 1e9
-            results[precision] = seconds
-            print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | sampling batch {args.batch_size} cfg {args.cfg} '
-                  f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {args.batch_size / seconds:.2f} images/s, '
+            results[name] = seconds
+            print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | sampling batch {batch} cfg {args.cfg} '
+                  f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {batch / seconds:.2f} images/s, '
                   f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
-                  f'{100 * achieved / peak:.0f}% of peak')
+                  f'{100 * achieved / peak:.0f}% of peak' + (f', peak memory {memory:.0f} MiB' if memory else ''))
         if not args.skip_training:
             ours = bench_training(model, args, device, precision, baseline=False)
             plain = bench_training(model, args, device, precision, baseline=True)
-            print(f'[{precision}] matmul peak {peak:.0f} GFLOP/s | training step (forward+backward, batch '
+            print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | training step (forward+backward, batch '
                   f'{args.train_batch_size}, cached codes): {ours:.0f} tokens/s; plain dense-mask forward/backward '
                   f'{plain:.0f} tokens/s')
             if args.compile:
@@ -157,7 +173,7 @@ def main(argv=None):
                 step_seconds = args.train_batch_size * model.num_positions / compiled
                 compile_seconds = time.perf_counter() - start - (args.repeats + 1) * step_seconds
                 model.compiled_transformer = None
-                print(f'[{precision}] training step with --compile: {compiled:.0f} tokens/s '
+                print(f'[{name}] training step with --compile: {compiled:.0f} tokens/s '
                       f'({compiled / ours:.2f}x eager; compiling took {compile_seconds:.0f} s)')
     if 'fp32' in results and 'bf16' in results:
         print(f'bf16 sampling speed-up over fp32: {results["fp32"] / results["bf16"]:.2f}x; '

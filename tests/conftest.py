@@ -14,6 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.environ.get('CHECKERBOARD_SHARED', os.path.join(os.path.dirname(ROOT), 'shared'))
 FIXTURES = os.path.join(SHARED, 'fixtures', 'seed_compat')
+# The device of the tests about numbers (fixture parity, cached sampling, bf16): tests/gpu_check.py sets it to
+# cuda; the rest of the suite runs on the CPU. On a GPU, TF32 is off so that fp32 means fp32.
+DEVICE = torch.device(os.environ.get('CHECKERBOARD_TEST_DEVICE', 'cpu'))
+if DEVICE.type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 MISSING = (f'seed-compatibility fixtures not found at {FIXTURES}: set CHECKERBOARD_SHARED to the folder that '
            'holds fixtures/seed_compat to run the tests that need them')
 

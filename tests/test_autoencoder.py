@@ -1,5 +1,6 @@
 """VQ autoencoder: parity with the published fixtures, any config of the format, checkpoint layouts, errors."""
 import argparse
+import copy
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import DEVICE
 from models.autoencoder import VQAutoencoder, load_autoencoder
 from util.checkpoint import CheckpointError
 
@@ -19,12 +21,13 @@ def fixture_ae(fixtures_dir):
 @pytest.mark.parametrize('model', ['checkerboard-tiny-2x', 'checkerboard-tiny-4x'])
 def test_matches_published_outputs(fixture_ae, fixtures_dir, model):
     expected = np.load(f'{fixtures_dir}/{model}/expected.npz')
-    images = torch.from_numpy(expected['inputs/images'])
+    ae = copy.deepcopy(fixture_ae).to(DEVICE)
+    images = torch.from_numpy(expected['inputs/images']).to(DEVICE)
     sides = [int(s) for s in expected['scale_sizes']]
     with torch.no_grad():
-        latents = fixture_ae.encode(images)
-        codes = fixture_ae.pyramid_codes(images, sides)
-        recon = fixture_ae.decode(fixture_ae.codes_to_latents(codes[-1]))
+        latents = ae.encode(images).cpu()
+        codes = [c.cpu() for c in ae.pyramid_codes(images, sides)]
+        recon = ae.decode(ae.codes_to_latents(codes[-1].to(DEVICE))).cpu()
     np.testing.assert_allclose(latents.numpy(), expected['expected/vq_latent_top'], atol=1e-4)
     for side, c in zip(sides, codes):
         assert c.shape == (4, side, side)

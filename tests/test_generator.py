@@ -12,6 +12,7 @@ from models.checkerboard import (checkerboard_order, parse_schedule, sampling_bl
                                  serial_steps)
 from models.likelihood import code_log_likelihood
 from models.sampler import draw, filter_logits
+from conftest import DEVICE
 from util.checkpoint import CheckpointError
 
 MODELS = ['checkerboard-tiny-2x', 'checkerboard-tiny-4x']
@@ -19,40 +20,40 @@ MODELS = ['checkerboard-tiny-2x', 'checkerboard-tiny-4x']
 
 @pytest.fixture(scope='module', params=MODELS)
 def published(request, fixtures_dir):
-    model = load_generator(f'{fixtures_dir}/{request.param}/checkpoint-last.pth')
+    model = load_generator(f'{fixtures_dir}/{request.param}/checkpoint-last.pth', device=DEVICE)
     return model, np.load(f'{fixtures_dir}/{request.param}/expected.npz')
 
 
 def test_teacher_forced_logits_match_published(published):
     model, expected = published
-    codes = [torch.from_numpy(expected[f'expected/vq_codes_{s}']).long() for s in model.sides]
-    labels = torch.from_numpy(expected['inputs/labels']).long()
+    codes = [torch.from_numpy(expected[f'expected/vq_codes_{s}']).long().to(DEVICE) for s in model.sides]
+    labels = torch.from_numpy(expected['inputs/labels']).long().to(DEVICE)
     for steps in (2, 4):
         with torch.no_grad():
-            logits = model.teacher_forced_logits(codes, labels, steps)[0]
+            logits = model.teacher_forced_logits(codes, labels, steps)[0].cpu()
         np.testing.assert_allclose(logits.numpy(), expected[f'expected/train_logits_steps{steps}'], atol=1e-3)
-        loss = F.cross_entropy(logits.flatten(0, 1), model_targets(model, codes).flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), model_targets(model, [c.cpu() for c in codes]).flatten())
         assert abs(loss.item() - float(expected[f'expected/train_loss_steps{steps}'])) < 1e-4
 
 
 def model_targets(model, codes):
-    return torch.cat([c.flatten(1)[:, model.seq_positions[model.scale_slice(i)] - model.offsets[i]]
+    return torch.cat([c.flatten(1)[:, (model.seq_positions[model.scale_slice(i)] - model.offsets[i]).cpu()]
                       for i, c in enumerate(codes)], dim=1)
 
 
 def test_greedy_sampling_matches_published(published):
     model, expected = published
-    out = model.sample(labels=torch.from_numpy(expected['sample/labels']), cfg=float(expected['sample/cfg']),
+    out = model.sample(labels=torch.from_numpy(expected['sample/labels']).to(DEVICE), cfg=float(expected['sample/cfg']),
                        cfg_start_step=int(expected['sample/cfg_start_step']),
                        steps_per_scale=int(expected['sample/steps_per_scale']), temperature=0.0,
                        return_step_logits=True)
     for side, codes in zip(model.sides, out.codes):
-        assert np.array_equal(codes.numpy(), expected[f'expected/sample_codes_{side}']), side
+        assert np.array_equal(codes.cpu().numpy(), expected[f'expected/sample_codes_{side}']), side
     for side, image in zip(model.sides, out.images):
         if side > 1:
-            np.testing.assert_allclose(image.numpy(), expected[f'expected/sample_image_{side}'], atol=1e-3)
+            np.testing.assert_allclose(image.cpu().numpy(), expected[f'expected/sample_image_{side}'], atol=1e-3)
     for t, logits in enumerate(out.step_logits):
-        np.testing.assert_allclose(logits.numpy(), expected[f'expected/sample_step_logits_{t:02d}'], atol=1e-3)
+        np.testing.assert_allclose(logits.cpu().numpy(), expected[f'expected/sample_step_logits_{t:02d}'], atol=1e-3)
     assert len(out.step_logits) == len([k for k in expected if k.startswith('expected/sample_step_logits')])
 
 
@@ -217,14 +218,14 @@ def test_matches_spec_reference(tmp_path, variant):
 @pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
 def test_cached_sampling_equals_full_forward(tmp_path, variant):
     model = random_generator(tmp_path, seed=1, **{k: (dict(v) if isinstance(v, dict) else v)
-                                                 for k, v in variant.items()})
+                                                 for k, v in variant.items()}).to(DEVICE)
     cond = model.class_cond
-    kwargs = dict(labels=torch.tensor([0, 3, 4])) if cond else dict(batch_size=3)
+    kwargs = dict(labels=torch.tensor([0, 3, 4], device=DEVICE)) if cond else dict(batch_size=3)
     for steps in (1, 2, 5):
         out = model.sample(**kwargs, cfg=1.5 if cond else 0.0, steps_per_scale=steps, temperature=1.0,
                            seeds=[5, 6, 7], return_step_logits=True, decode='none')
         step_logits = torch.cat(out.step_logits, dim=1)  # (B2, P, V) in sequence order
-        labels = torch.cat([kwargs['labels'], torch.full((3,), model.num_classes)]) if cond else None
+        labels = torch.cat([kwargs['labels'], torch.full((3,), model.num_classes, device=DEVICE)]) if cond else None
         codes = [torch.cat([c, c]) for c in out.codes] if cond else out.codes
         with torch.no_grad():
             full = model.teacher_forced_logits(codes, labels, steps)[0]
@@ -403,3 +404,15 @@ def test_likelihood_equals_the_forced_sampler(tmp_path, variant):
         recorded = torch.stack([m.flatten(1).sum(1) for m in forced.maps['logp']], 1)  # (B, scales)
         ours = code_log_likelihood(model, data, kwargs.get('labels'), schedule)
         torch.testing.assert_close(ours, recorded, atol=1e-3, rtol=1e-5)
+
+
+def test_bf16_logits_stay_close_to_fp32(tmp_path):
+    """bf16 autocast (the GPU default) changes the teacher-forced logits by a small fraction of their spread."""
+    model = random_generator(tmp_path, seed=6).to(DEVICE)
+    codes = [c.to(DEVICE) for c in random_codes(model, 4, seed=1)]
+    labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    with torch.no_grad():
+        ref = model.teacher_forced_logits(codes, labels, 4)[0].float()
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            low = model.teacher_forced_logits(codes, labels, 4)[0].float()
+    assert ((low - ref).abs().max() / ref.std()).item() < 0.1

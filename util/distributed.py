@@ -28,7 +28,7 @@ def uses_cuda(device=None):
 
 
 def init_distributed(device=None):
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if > 1 rank.
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group under torchrun.
 
     device: 'cpu', 'cuda' or None (GPU when available). Each rank takes GPU local_rank."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -39,7 +39,7 @@ def init_distributed(device=None):
         dev = torch.device('cuda', local_rank)
     else:
         dev = torch.device('cpu')
-    if world_size > 1 and not dist.is_initialized():
+    if 'WORLD_SIZE' in os.environ and not dist.is_initialized():  # torchrun, even with one process
         dist.init_process_group('nccl' if use_cuda else 'gloo', rank=rank, world_size=world_size)
     return DistInfo(rank, world_size, local_rank, dev)
 

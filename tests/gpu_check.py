@@ -1,0 +1,131 @@
+"""One prepared check of the CUDA path, end to end, with one summary table:
+
+    python tests/gpu_check.py                    # on a GPU machine: about 5 minutes on one H200
+    python tests/gpu_check.py --device cpu       # the same steps on the CPU (what tests/test_gpu_check.py runs)
+
+1. numbers: the fixture-parity, cached-sampling and bf16 tests with their tensors on the device (fp32, TF32 off);
+2. train: a tiny config under `torchrun --nproc_per_node 1` (NCCL on a GPU, gloo on a CPU), bf16 and --compile
+   on a GPU (fp32, and --compile only when a C++ compiler is found, on a CPU), stopped after 2 steps and resumed
+   to 4, against an uninterrupted 4-step run;
+3. sample npz: `main_sample.py --num_samples` under torchrun from that checkpoint, merged into an ADM .npz;
+4. benchmark: models.benchmark on the Checkerboard-L shape (random weights) on a GPU, on the tiny config on a CPU.
+On a machine without a GPU every step runs on the CPU, and the table says so. Exit status 1 if a step fails.
+"""
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from conftest import write_tiny_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUMBER_TESTS = "tests/test_generator.py tests/test_autoencoder.py -k 'published or cached_sampling or bf16'"
+
+
+def run(command, env=None, timeout=900):
+    """(ok, last lines of the output) of a command run in the repository."""
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+    return done.returncode == 0, ' | '.join(line.strip()[:160] for line in tail)
+
+
+def torchrun(*args):
+    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--master_port',
+            str(29500 + os.getpid() % 1000), *args]
+
+
+def has_compiler():
+    from torch._inductor import cpp_builder
+    try:
+        cpp_builder.get_cpp_compiler()
+        return True
+    except Exception:
+        return False
+
+
+def losses(folder):
+    with open(os.path.join(folder, 'log.jsonl')) as f:
+        return [record['loss'] for record in map(json.loads, f) if 'loss' in record]
+
+
+def check_numbers(device, selection):
+    return run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *shlex.split(selection)],
+               env={'CHECKERBOARD_TEST_DEVICE': device})
+
+
+def check_training(device, compile_mode, work):
+    """Stop after 2 steps, resume to 4, compare with 4 straight steps."""
+    compiled = compile_mode == 'on' or compile_mode == 'auto' and (device == 'cuda' or has_compiler())
+    write_tiny_run(work, 'tiny.yaml', (4, 2), args=dict(device=device, precision='bf16' if device == 'cuda' else 'fp32',
+                                                       compile=compiled, ema=0.9))
+    flags = ['main.py', '--config', str(work / 'tiny.yaml')]
+    for out, steps in (('resumed', 2), ('resumed', 4), ('straight', 4)):
+        ok, tail = run(torchrun(*flags, '--output_dir', str(work / out), '--max_steps', str(steps)))
+        if not ok:
+            return False, f'{out} {steps} steps: {tail}'
+    resumed, straight = losses(work / 'resumed'), losses(work / 'straight')
+    gap = max(abs(a - b) for a, b in zip(resumed, straight))
+    ok = len(resumed) == len(straight) == 4 and gap <= 1e-3 * max(1.0, abs(straight[-1]))
+    return ok, (f'{"compiled, " if compiled else ""}losses {", ".join(f"{v:.4f}" for v in straight)}; resumed '
+                f'run differs by {gap:.1e}')
+
+
+def check_sampling(work):
+    out = work / 'samples.npz'
+    ok, tail = run(torchrun('main_sample.py', '--checkpoint', str(work / 'straight' / 'checkpoint-last.pth'),
+                            '--num_samples', '8', '--batch_size', '4', '--output_npz', str(out)))
+    if not ok:
+        return False, tail
+    with np.load(out) as npz:
+        shape = npz['arr_0'].shape
+    return shape == (8, 32, 32, 3), f'arr_0 {shape}, labels and shards written'
+
+
+def check_benchmark(device, work):
+    if device == 'cuda':
+        flags = ['--config', 'configs/config_256_L.yaml', '--batch_size', '8', '64', '256', '--precision', 'bf16',
+                 'tf32', '--train_batch_size', '32']
+    else:
+        flags = ['--config', str(work / 'tiny.yaml'), '--autoenc_config', str(work / 'ae.yaml'), '--batch_size',
+                 '2', '--precision', 'fp32', '--repeats', '1', '--train_batch_size', '2']
+    return run([sys.executable, '-m', 'models.benchmark', *flags, '--device', device])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--number_tests', default=NUMBER_TESTS, help='pytest arguments of step 1, as one string')
+    parser.add_argument('--compile', choices=['auto', 'on', 'off'], default='auto',
+                        help='--compile in the training step (auto: on a GPU, or on a CPU with a C++ compiler)')
+    args = parser.parse_args(argv)
+    where = (torch.cuda.get_device_name() if args.device == 'cuda'
+             else 'CPU (no GPU on this machine: every step runs on the CPU)')
+    print(f'GPU check on {where}')
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = pathlib.Path(folder)
+        for name, check in (('numbers', lambda: check_numbers(args.device, args.number_tests)),
+                            ('train', lambda: check_training(args.device, args.compile, work)),
+                            ('sample npz', lambda: check_sampling(work)),
+                            ('benchmark', lambda: check_benchmark(args.device, work))):
+            start = time.perf_counter()
+            ok, detail = check()
+            rows.append((name, 'PASS' if ok else 'FAIL', time.perf_counter() - start, detail))
+            print(f'{name}: {rows[-1][1]} ({rows[-1][2]:.0f} s)', flush=True)
+    print('\n| step | result | seconds | detail |\n| --- | --- | --- | --- |')
+    for name, result, seconds, detail in rows:
+        print(f'| {name} | {result} | {seconds:.0f} | {detail} |')
+    return 0 if all(result == 'PASS' for _, result, _, _ in rows) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
