@@ -16,6 +16,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_generator
+from models.graphed_sampler import GraphedSampler
 from util.precision import autocast
 
 PRECISIONS = ('fp32', 'tf32', 'bf16')  # tf32: fp32 tensors, TF32 matmuls and convolutions (GPUs only)
@@ -87,7 +88,11 @@ def bench_sampling(model, batch, args, device, precision):
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(run, args.repeats)
     memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
-    return flops, seconds, batch * model.num_positions, memory
+    graphed = None
+    if args.graphed:  # the same batch as one CUDA graph (on a CPU: the same static path, uncaptured)
+        sampler = GraphedSampler(model, batch, cfg=args.cfg, steps_per_scale=args.steps_per_scale, precision=precision)
+        graphed = timed(lambda: sampler(labels=labels, seeds=list(range(batch)), decode='none'), args.repeats)
+    return flops, seconds, batch * model.num_positions, memory, graphed
 
 
 def masked_baseline_forward(model, codes, labels):
@@ -136,6 +141,7 @@ def main(argv=None):
     parser.add_argument('--steps_per_scale', type=int, default=4)
     parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=PRECISIONS)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--graphed', action='store_true', help='also time models.graphed_sampler (a CUDA graph)')
     parser.add_argument('--skip_training', action='store_true')
     parser.add_argument('--skip_sampling', action='store_true')
     parser.add_argument('--compile', action='store_true', help='also time the training step with --compile')
@@ -153,13 +159,17 @@ def main(argv=None):
         precision = use_precision(device, name)
         peak = matmul_peak(device, name)
         for batch in [] if args.skip_sampling else args.batch_size:
-            flops, seconds, tokens, memory = bench_sampling(model, batch, args, device, precision)
+            flops, seconds, tokens, memory, graphed = bench_sampling(model, batch, args, device, precision)
             achieved = flops / seconds / 1e9
             results[name] = seconds
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | sampling batch {batch} cfg {args.cfg} '
                   f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {batch / seconds:.2f} images/s, '
                   f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
                   f'{100 * achieved / peak:.0f}% of peak' + (f', peak memory {memory:.0f} MiB' if memory else ''))
+            if graphed:
+                print(f'[{name}] graphed sampler, batch {batch}: {graphed:.3f} s, {batch / graphed:.2f} images/s '
+                      f'({seconds / graphed:.2f}x the eager sampler), '
+                      f'{100 * flops / graphed / 1e9 / peak:.0f}% of peak')
         if not args.skip_training:
             ours = bench_training(model, args, device, precision, baseline=False)
             plain = bench_training(model, args, device, precision, baseline=True)

@@ -39,11 +39,11 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
-def draw(logits, temperature, top_k, top_p, generators, known=None, keep=None):
-    """Draw one code per slot. logits (B, S, V) float32; sample b uses only generators[b] (one uniform per
-    slot, inverse-CDF), so its draw does not depend on the rest of the batch. Where keep (B, S) is True the
-    known code (B, S) replaces the draw (the uniform is still consumed). Returns tokens, log-probability of
-    each token and entropy, both of the distribution drawn from (softmax(logits) when temperature is 0)."""
+def draw(logits, temperature, top_k, top_p, uniforms, known=None, keep=None):
+    """Draw one code per slot. logits (B, S, V) float32; uniforms (B, S) in [0, 1), one per slot (inverse CDF),
+    each sample's from its own generator, so its draw does not depend on the rest of the batch. Where keep
+    (B, S) is True the known code (B, S) replaces the draw. Returns tokens, log-probability of each token and
+    entropy, both of the distribution drawn from (softmax(logits) when temperature is 0)."""
     logits = filter_logits(logits / (temperature or 1.0), top_k, top_p)
     logp = logits.log_softmax(-1)
     probs = logp.exp()
@@ -52,7 +52,7 @@ def draw(logits, temperature, top_k, top_p, generators, known=None, keep=None):
     else:
         cdf = probs.cumsum(-1)  # (B, S, V)
         total = cdf[..., -1:]
-        u = torch.stack([torch.rand(logits.shape[1], 1, generator=g, device=logits.device) for g in generators])
+        u = uniforms[..., None]  # (B, S, 1)
         # u * total < total keeps the result inside [0, V); right=True never lands on a zero-probability code
         tokens = torch.searchsorted(cdf, torch.minimum(u * total, total.nextafter(torch.zeros_like(total))),
                                     right=True)[..., 0]  # (B, S)
@@ -80,6 +80,41 @@ def check_known(model, known_codes, known_mask, batch_size, device):
     return codes, masks
 
 
+def check_labels(model, labels, batch_size):
+    """(labels (B,) long on the model's device or None, B); ValueError if they do not fit the model."""
+    if model.class_cond:
+        if labels is None:
+            raise ValueError('this model is class-conditional: pass labels')
+        labels = torch.as_tensor(labels, device=model.seq_positions.device).long().reshape(-1)
+        if labels.min() < 0 or labels.max() >= model.num_classes:
+            raise ValueError(f'labels must be in [0, {model.num_classes}), got {labels.tolist()}')
+        return labels, labels.shape[0]
+    if labels is not None or batch_size is None:
+        raise ValueError('this model is unconditional: pass batch_size and no labels')
+    return None, batch_size
+
+
+def check_settings(temperature, top_k, top_p, precision):
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f'need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
+
+
+def sample_uniforms(seeds, num_positions, device):
+    """(B, P) uniforms: sample b's P draws, in sequence order, from a generator seeded with seeds[b]."""
+    return torch.stack([torch.rand(num_positions, generator=torch.Generator(device).manual_seed(int(s)),
+                                   device=device) for s in seeds])
+
+
+def decode_scales(model, out, decode):
+    """Decode out.codes at the scales decode names ('all', 'top' or 'none') into out.images."""
+    decode_at = {'all': range(len(model.sides)), 'top': [len(model.sides) - 1], 'none': []}[decode]
+    for i in decode_at:
+        out.images.append(model.autoenc.decode(model.autoenc.codes_to_latents(out.codes[i])))
+    return out
+
+
 @torch.no_grad()
 def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0,
            top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False,
@@ -95,19 +130,8 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
     that keep them; a kept code is placed at its step instead of a draw, and its probability is recorded."""
     device = model.seq_positions.device
     schedule = schedule_block_sizes(model.sides, steps_per_scale)
-    if model.class_cond:
-        if labels is None:
-            raise ValueError('this model is class-conditional: pass labels')
-        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
-        if labels.min() < 0 or labels.max() >= model.num_classes:
-            raise ValueError(f'labels must be in [0, {model.num_classes}), got {labels.tolist()}')
-        batch_size = labels.shape[0]
-    elif labels is not None or batch_size is None:
-        raise ValueError('this model is unconditional: pass batch_size and no labels')
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f'need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
+    labels, batch_size = check_labels(model, labels, batch_size)
+    check_settings(temperature, top_k, top_p, precision)
     if seeds is None:
         seeds = torch.randint(2 ** 62, (batch_size,)).tolist()
     if len(seeds) != batch_size:
@@ -116,9 +140,20 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
         raise ValueError('known_codes and known_mask go together')
     if known_codes is not None:
         known_codes, known_mask = check_known(model, known_codes, known_mask, batch_size, device)
-    generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    out = draw_pyramid(model, labels, sample_uniforms(seeds, model.num_positions, device), schedule, cfg,
+                       cfg_start_step, temperature, top_k, top_p, precision, return_step_logits, known_codes,
+                       known_mask)
+    return decode_scales(model, out, decode)
+
+
+def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, temperature, top_k, top_p, precision,
+                 return_step_logits=False, known_codes=None, known_mask=None, autocast_cache=True):
+    """The sampling steps, on checked arguments: tensor work only, no host synchronization and shapes fixed by
+    the schedule, so that a CUDA graph can capture them (models/graphed_sampler.py, with autocast_cache off).
+    uniforms (B, P); schedule: block sizes per scale. Returns a SampleOutput without images."""
+    device = uniforms.device
     guided = cfg > 0 and model.class_cond
-    B = batch_size
+    B = uniforms.shape[0]
     full_labels = torch.cat([labels, torch.full_like(labels, model.num_classes)]) if guided else labels
     B2 = 2 * B if guided else B
 
@@ -126,7 +161,7 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
     codebook = model.autoenc.codebook()
     out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'logp': [], 'entropy': []},
                        labels=labels)
-    with autocast(device, precision):
+    with autocast(device, precision, autocast_cache):
         cond = model.class_condition(full_labels)  # (B2, 1, C) or None
         modulations = model.llama.modulations(cond)  # the same at every step: computed once
         caches = model.llama.new_caches(B2, model.num_positions + model.class_cond,
@@ -134,7 +169,7 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
         if model.class_cond:  # the class token's own pass (not a step)
             class_ids = torch.full((1,), model.llama.rotary_emb.class_row, device=device)
             model.llama(cond, cond, class_ids, class_ids, caches=caches, modulations=modulations)
-        step, prev_vecs = 0, None
+        step, drawn, prev_vecs = 0, 0, None
         for i, side in enumerate(model.sides):
             n = side * side
             positions = model.seq_positions[model.scale_slice(i)]  # (n,) global ids in rank order
@@ -163,18 +198,16 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
                     c, u = logits[:B], logits[B:]
                     logits = c + cfg * (c - u) if step >= cfg_start_step else c
                 forced = (known[:, ranks], keep[:, ranks]) if known_codes is not None else (None, None)
-                tokens, logp, entropy = draw(logits, temperature, top_k, top_p, generators, *forced)
+                tokens, logp, entropy = draw(logits, temperature, top_k, top_p, uniforms[:, drawn:drawn + size],
+                                             *forced)
                 ranked_vecs[:, ranks] = codebook[tokens].repeat(B2 // B, 1, 1)
                 for key, value in (('code', tokens), ('step', step), ('logp', logp), ('entropy', entropy)):
                     ranked[key][:, ranks] = value
-                start, step = start + size, step + 1
+                start, step, drawn = start + size, step + 1, drawn + size
             grid = {k: torch.empty_like(v).index_copy_(1, cells, v).view(B, side, side) for k, v in ranked.items()}
             out.codes.append(grid['code'])
             grid['prob'] = grid['logp'].exp()
             for key in ('step', 'prob', 'logp', 'entropy'):
                 out.maps[key].append(grid[key])
             prev_vecs = model.autoenc.codes_to_latents(out.codes[-1]).repeat(B2 // B, 1, 1, 1)
-    decode_at = {'all': range(len(model.sides)), 'top': [len(model.sides) - 1], 'none': []}[decode]
-    for i in decode_at:
-        out.images.append(model.autoenc.decode(model.autoenc.codes_to_latents(out.codes[i])))
     return out

@@ -3,7 +3,8 @@
     python tests/gpu_check.py                    # on a GPU machine: about 5 minutes on one H200
     python tests/gpu_check.py --device cpu       # the same steps on the CPU (what tests/test_gpu_check.py runs)
 
-1. numbers: the fixture-parity, cached-sampling and bf16 tests with their tensors on the device (fp32, TF32 off);
+1. numbers: the fixture-parity, cached-sampling, bf16 and graphed-sampler tests with their tensors on the device
+   (fp32, TF32 off; on a GPU the graphed sampler really captures a CUDA graph);
 2. train: a tiny config under `torchrun --nproc_per_node 1` (NCCL on a GPU, gloo on a CPU), bf16 and --compile
    on a GPU (fp32, and --compile only when a C++ compiler is found, on a CPU), stopped after 2 steps and resumed
    to 4, against an uninterrupted 4-step run;
@@ -27,7 +28,7 @@ import torch
 from conftest import write_tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUMBER_TESTS = "tests/test_generator.py tests/test_autoencoder.py -k 'published or cached_sampling or bf16'"
+NUMBER_TESTS = "tests/test_generator.py tests/test_autoencoder.py -k 'published or cached_sampling or bf16 or graphed'"
 
 
 def run(command, env=None, timeout=900):
@@ -93,7 +94,7 @@ def check_sampling(work):
 def check_benchmark(device, work):
     if device == 'cuda':
         flags = ['--config', 'configs/config_256_L.yaml', '--batch_size', '8', '64', '256', '--precision', 'bf16',
-                 'tf32', '--train_batch_size', '32']
+                 'tf32', '--train_batch_size', '32', '--graphed']
     else:
         flags = ['--config', str(work / 'tiny.yaml'), '--autoenc_config', str(work / 'ae.yaml'), '--batch_size',
                  '2', '--precision', 'fp32', '--repeats', '1', '--train_batch_size', '2']

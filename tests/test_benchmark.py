@@ -13,9 +13,10 @@ def test_benchmark_prints_its_figures(tmp_path, capsys):
                  llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2))
     (tmp_path / 'tiny.yaml').write_text(yaml.safe_dump({'model': model}))
     benchmark.main(['--config', str(tmp_path / 'tiny.yaml'), '--autoenc_config', str(tmp_path / 'ae.yaml'),
-                    '--precision', 'fp32', '--batch_size', '2', '3', '--train_batch_size', '2', '--repeats', '1'])
+                    '--precision', 'fp32', '--batch_size', '2', '3', '--graphed', '--train_batch_size', '2',
+                    '--repeats', '1'])
     out = capsys.readouterr().out
-    assert 'sampling batch 2 ' in out and 'sampling batch 3 ' in out
+    assert 'sampling batch 2 ' in out and 'sampling batch 3 ' in out and 'graphed sampler, batch 3' in out
     assert 'sides [1, 2, 4], 21 tokens/image' in out
     assert '% of peak' in out and 'GFLOP counted' in out
     assert 'plain dense-mask forward/backward' in out

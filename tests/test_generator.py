@@ -11,7 +11,8 @@ from models import build_generator, load_generator
 from models.checkerboard import (checkerboard_order, parse_schedule, sampling_block_sizes, schedule_block_sizes,
                                  serial_steps)
 from models.likelihood import code_log_likelihood
-from models.sampler import draw, filter_logits
+from models.graphed_sampler import GraphedSampler
+from models.sampler import draw, filter_logits, sample_uniforms
 from conftest import DEVICE
 from util.checkpoint import CheckpointError
 
@@ -283,16 +284,15 @@ def test_filter_logits():
 def test_draw_follows_the_distribution_per_sample():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = probs.log().expand(2, 20000, -1)  # (B, S, V)
-    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    tokens, logp, entropy = draw(logits, 1.0, 0, 1.0, generators)
+    tokens, logp, entropy = draw(logits, 1.0, 0, 1.0, sample_uniforms([0, 1], 20000, 'cpu'))
     assert (tokens < 4).all()  # never a zero-probability code
     freq = torch.bincount(tokens[0], minlength=5) / tokens.shape[1]
     assert torch.allclose(freq, probs, atol=0.01)  # about 4 standard errors
     assert torch.allclose(logp.exp(), probs[tokens])
     assert torch.allclose(entropy, -(probs[:4] * probs[:4].log()).sum().expand(2, 20000))
-    alone, _, _ = draw(logits[1:], 1.0, 0, 1.0, [torch.Generator().manual_seed(1)])
+    alone, _, _ = draw(logits[1:], 1.0, 0, 1.0, sample_uniforms([1], 20000, 'cpu'))
     assert torch.equal(alone[0], tokens[1])  # sample 1's draw does not depend on sample 0
-    kept, _, _ = draw(logits, 1.0, 2, 1.0, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    kept, _, _ = draw(logits, 1.0, 2, 1.0, sample_uniforms([0, 1], 20000, 'cpu'))
     assert set(kept.unique().tolist()) == {0, 1}  # top_k = 2
 
 
@@ -416,3 +416,24 @@ def test_bf16_logits_stay_close_to_fp32(tmp_path):
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             low = model.teacher_forced_logits(codes, labels, 4)[0].float()
     assert ((low - ref).abs().max() / ref.std()).item() < 0.1
+
+
+@pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
+def test_static_graphed_sampler_draws_the_eager_codes(tmp_path, variant):
+    """The static-shape path of GraphedSampler (captured as a CUDA graph on a GPU) draws, for the same labels
+    and seeds, the codes and maps of models.sampler.sample, twice in a row (its buffers are reused)."""
+    model = random_generator(tmp_path, seed=8, **{k: (dict(v) if isinstance(v, dict) else v)
+                                                 for k, v in variant.items()}).to(DEVICE)
+    settings = dict(cfg=2.0, cfg_start_step=1, steps_per_scale=[1, 2, 3, 5][:len(model.sides)]
+                    if len(model.sides) == 4 else 3, temperature=1.0, top_k=20)
+    graphed = GraphedSampler(model, 3, **settings)
+    for seeds, labels in (([1, 2, 3], [0, 4, 2]), ([7, 8, 9], [1, 1, 3])):
+        kwargs = dict(labels=torch.tensor(labels, device=DEVICE)) if model.class_cond else {}
+        eager = model.sample(**kwargs, batch_size=None if model.class_cond else 3, seeds=seeds, decode='top',
+                             **settings)
+        fast = graphed(**kwargs, seeds=seeds)
+        assert all(torch.equal(a, b) for a, b in zip(eager.codes, fast.codes))
+        assert all(torch.equal(a, b) for a, b in zip(eager.maps['step'], fast.maps['step']))
+        torch.testing.assert_close(eager.images[-1], fast.images[-1])
+    with pytest.raises(ValueError, match='batches of 3'):
+        graphed(labels=[0, 1] if model.class_cond else None, seeds=[1, 2])

@@ -27,8 +27,9 @@ def resolve_precision(precision, device):
     return 'bf16' if device.type == 'cpu' and cpu_has_bf16_units() else 'fp32'
 
 
-def autocast(device, precision):
-    """Autocast context for a resolved precision ('fp32' gives a no-op context)."""
+def autocast(device, precision, cache=True):
+    """Autocast context for a resolved precision ('fp32' gives a no-op context). cache=False stops autocast
+    from caching cast weights, which CUDA graph capture needs."""
     if DTYPES[precision] is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
+    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache)
