@@ -10,6 +10,7 @@ the same process. Prints figures; writes nothing.
 import argparse
 import statistics
 import time
+from unittest import mock
 
 import torch
 import yaml
@@ -76,6 +77,27 @@ def random_batch(model, batch, device, seed=0):
     return codes, labels if model.class_cond else None
 
 
+class GrowingKVCache:
+    """The published formulation of the cache: keys and values concatenated step by step (a new allocation
+    and a copy of the whole cache at every step), for the baseline."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+def growing_cache_baseline(model, run):
+    """Time-able call of run() with the model's preallocated KV caches swapped for growing ones."""
+    def baseline():
+        with mock.patch.object(model.llama, 'new_caches', lambda *args: [GrowingKVCache() for _ in model.llama.layers]):
+            return run()
+    return baseline
+
+
 def bench_sampling(model, batch, args, device, precision):
     """(counted FLOPs, median seconds, tokens, peak memory in MiB or None) of sampling one batch."""
     labels = torch.arange(batch, device=device) % max(model.num_classes, 1) if model.class_cond else None
@@ -88,11 +110,12 @@ def bench_sampling(model, batch, args, device, precision):
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(run, args.repeats)
     memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
+    baseline = timed(growing_cache_baseline(model, run), args.repeats)
     graphed = None
     if args.graphed:  # the same batch as one CUDA graph (on a CPU: the same static path, uncaptured)
         sampler = GraphedSampler(model, batch, cfg=args.cfg, steps_per_scale=args.steps_per_scale, precision=precision)
         graphed = timed(lambda: sampler(labels=labels, seeds=list(range(batch)), decode='none'), args.repeats)
-    return flops, seconds, batch * model.num_positions, memory, graphed
+    return flops, seconds, batch * model.num_positions, memory, baseline, graphed
 
 
 def masked_baseline_forward(model, codes, labels):
@@ -159,16 +182,18 @@ def main(argv=None):
         precision = use_precision(device, name)
         peak = matmul_peak(device, name)
         for batch in [] if args.skip_sampling else args.batch_size:
-            flops, seconds, tokens, memory, graphed = bench_sampling(model, batch, args, device, precision)
+            flops, seconds, tokens, memory, baseline, graphed = bench_sampling(model, batch, args, device, precision)
             achieved = flops / seconds / 1e9
             results[name] = seconds
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | sampling batch {batch} cfg {args.cfg} '
                   f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {batch / seconds:.2f} images/s, '
                   f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
                   f'{100 * achieved / peak:.0f}% of peak' + (f', peak memory {memory:.0f} MiB' if memory else ''))
+            print(f'[{name}] baseline with a growing KV cache (as published), batch {batch}: {baseline:.3f} s, '
+                  f'{batch / baseline:.2f} images/s (the preallocated cache is {baseline / seconds:.2f}x as fast)')
             if graphed:
                 print(f'[{name}] graphed sampler, batch {batch}: {graphed:.3f} s, {batch / graphed:.2f} images/s '
-                      f'({seconds / graphed:.2f}x the eager sampler), '
+                      f'({seconds / graphed:.2f}x the eager sampler, {baseline / graphed:.2f}x the baseline), '
                       f'{100 * flops / graphed / 1e9 / peak:.0f}% of peak')
         if not args.skip_training:
             ours = bench_training(model, args, device, precision, baseline=False)

@@ -1,7 +1,10 @@
 """models/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
+import torch
 import yaml
 
 from models import benchmark
+from models.transformer import KVCache
+from test_generator import random_generator
 
 
 def test_benchmark_prints_its_figures(tmp_path, capsys):
@@ -17,6 +20,16 @@ def test_benchmark_prints_its_figures(tmp_path, capsys):
                     '--repeats', '1'])
     out = capsys.readouterr().out
     assert 'sampling batch 2 ' in out and 'sampling batch 3 ' in out and 'graphed sampler, batch 3' in out
+    assert 'baseline with a growing KV cache (as published), batch 3' in out
     assert 'sides [1, 2, 4], 21 tokens/image' in out
     assert '% of peak' in out and 'GFLOP counted' in out
     assert 'plain dense-mask forward/backward' in out
+
+
+def test_growing_cache_baseline_draws_the_same_codes(tmp_path):
+    """The published-style baseline differs from the sampler only in how its KV cache grows."""
+    model = random_generator(tmp_path, seed=3)
+    run = lambda: model.sample(labels=[1, 2], seeds=[3, 4], cfg=2.0, decode='none')  # noqa: E731
+    ours, baseline = run(), benchmark.growing_cache_baseline(model, run)()
+    assert all(torch.equal(a, b) for a, b in zip(ours.codes, baseline.codes))
+    assert isinstance(model.llama.new_caches(1, 4, torch.float32, 'cpu')[0], KVCache)  # the patch is undone
