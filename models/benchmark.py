@@ -98,6 +98,20 @@ def growing_cache_baseline(model, run):
     return baseline
 
 
+def scale_times(model, kwargs, device):
+    """Seconds spent on each scale in one sampling run (synchronized at every scale's end)."""
+    marks = []
+
+    def mark(i):
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    model.sample(**kwargs, on_scale=mark)
+    return [b - a for a, b in zip([start] + marks[:-1], marks)]
+
+
 def bench_sampling(model, batch, args, device, precision):
     """(counted FLOPs, median seconds, tokens, peak memory in MiB or None) of sampling one batch."""
     labels = torch.arange(batch, device=device) % max(model.num_classes, 1) if model.class_cond else None
@@ -111,11 +125,12 @@ def bench_sampling(model, batch, args, device, precision):
     seconds = timed(run, args.repeats)
     memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
     baseline = timed(growing_cache_baseline(model, run), args.repeats)
+    per_scale = scale_times(model, kwargs, device)
     graphed = None
     if args.graphed:  # the same batch as one CUDA graph (on a CPU: the same static path, uncaptured)
         sampler = GraphedSampler(model, batch, cfg=args.cfg, steps_per_scale=args.steps_per_scale, precision=precision)
         graphed = timed(lambda: sampler(labels=labels, seeds=list(range(batch)), decode='none'), args.repeats)
-    return flops, seconds, batch * model.num_positions, memory, baseline, graphed
+    return flops, seconds, batch * model.num_positions, memory, baseline, graphed, per_scale
 
 
 def masked_baseline_forward(model, codes, labels):
@@ -182,13 +197,16 @@ def main(argv=None):
         precision = use_precision(device, name)
         peak = matmul_peak(device, name)
         for batch in [] if args.skip_sampling else args.batch_size:
-            flops, seconds, tokens, memory, baseline, graphed = bench_sampling(model, batch, args, device, precision)
+            flops, seconds, tokens, memory, baseline, graphed, per_scale = bench_sampling(model, batch, args, device,
+                                                                                          precision)
             achieved = flops / seconds / 1e9
             results[name] = seconds
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | sampling batch {batch} cfg {args.cfg} '
                   f'{args.steps_per_scale} steps/scale: {seconds:.2f} s, {batch / seconds:.2f} images/s, '
                   f'{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP counted, {achieved:.0f} GFLOP/s = '
                   f'{100 * achieved / peak:.0f}% of peak' + (f', peak memory {memory:.0f} MiB' if memory else ''))
+            print(f'[{name}] time per scale ' + ', '.join(f'{s}x{s} {1000 * t:.1f} ms'
+                                                          for s, t in zip(model.sides, per_scale)))
             print(f'[{name}] baseline with a growing KV cache (as published), batch {batch}: {baseline:.3f} s, '
                   f'{batch / baseline:.2f} images/s (the preallocated cache is {baseline / seconds:.2f}x as fast)')
             if graphed:

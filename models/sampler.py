@@ -118,7 +118,7 @@ def decode_scales(model, out, decode):
 @torch.no_grad()
 def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0,
            top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False,
-           known_codes=None, known_mask=None):
+           known_codes=None, known_mask=None, on_scale=None):
     """Sample code pyramids and decode them.
 
     labels: (B,) class ids for a class-conditional model; batch_size for an unconditional one. cfg > 0
@@ -127,7 +127,8 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
     (models.checkerboard.schedule_block_sizes). seeds: one int per sample (default: drawn from torch's global
     RNG). precision: 'fp32' or 'bf16' (autocast for the transformer; decoding stays fp32). decode: 'all',
     'top' or 'none'. known_codes, known_mask: [(B, s, s)] per scale, codes and a bool mask of the positions
-    that keep them; a kept code is placed at its step instead of a draw, and its probability is recorded."""
+    that keep them; a kept code is placed at its step instead of a draw, and its probability is recorded.
+    on_scale(i) is called when scale i is drawn (the benchmark times scales with it)."""
     device = model.seq_positions.device
     schedule = schedule_block_sizes(model.sides, steps_per_scale)
     labels, batch_size = check_labels(model, labels, batch_size)
@@ -142,12 +143,12 @@ def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps
         known_codes, known_mask = check_known(model, known_codes, known_mask, batch_size, device)
     out = draw_pyramid(model, labels, sample_uniforms(seeds, model.num_positions, device), schedule, cfg,
                        cfg_start_step, temperature, top_k, top_p, precision, return_step_logits, known_codes,
-                       known_mask)
+                       known_mask, on_scale=on_scale)
     return decode_scales(model, out, decode)
 
 
 def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, temperature, top_k, top_p, precision,
-                 return_step_logits=False, known_codes=None, known_mask=None, autocast_cache=True):
+                 return_step_logits=False, known_codes=None, known_mask=None, autocast_cache=True, on_scale=None):
     """The sampling steps, on checked arguments: tensor work only, no host synchronization and shapes fixed by
     the schedule, so that a CUDA graph can capture them (models/graphed_sampler.py, with autocast_cache off).
     uniforms (B, P); schedule: block sizes per scale. Returns a SampleOutput without images."""
@@ -210,4 +211,6 @@ def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, tempera
             for key in ('step', 'prob', 'logp', 'entropy'):
                 out.maps[key].append(grid[key])
             prev_vecs = model.autoenc.codes_to_latents(out.codes[-1]).repeat(B2 // B, 1, 1, 1)
+            if on_scale is not None:
+                on_scale(i)
     return out

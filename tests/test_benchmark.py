@@ -21,6 +21,7 @@ def test_benchmark_prints_its_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'sampling batch 2 ' in out and 'sampling batch 3 ' in out and 'graphed sampler, batch 3' in out
     assert 'baseline with a growing KV cache (as published), batch 3' in out
+    assert 'time per scale 1x1 ' in out and ', 4x4 ' in out
     assert 'sides [1, 2, 4], 21 tokens/image' in out
     assert '% of peak' in out and 'GFLOP counted' in out
     assert 'plain dense-mask forward/backward' in out
