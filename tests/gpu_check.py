@@ -94,7 +94,7 @@ def check_sampling(work):
 def check_benchmark(device, work):
     if device == 'cuda':
         flags = ['--config', 'configs/config_256_L.yaml', '--batch_size', '8', '64', '256', '--precision', 'bf16',
-                 'tf32', '--train_batch_size', '32', '--graphed']
+                 'tf32', '--train_batch_size', '64', '--graphed']
     else:
         flags = ['--config', str(work / 'tiny.yaml'), '--autoenc_config', str(work / 'ae.yaml'), '--batch_size',
                  '2', '--precision', 'fp32', '--repeats', '1', '--train_batch_size', '2']
