@@ -113,13 +113,15 @@ def heldout_codes(model, data_root, settings):
 
 
 def likelihood(model, codes, labels, schedule, batch_size):
-    """Mean NLL in bits per image and per scale of the held-out codes under a schedule."""
+    """Mean NLL in bits per image (with its standard error over the images) and per scale of the held-out
+    codes under a schedule."""
     nats = torch.cat([code_log_likelihood(model, [c[i:i + batch_size] for c in codes],
                                           labels[i:i + batch_size] if model.class_cond else None, schedule)
                       for i in range(0, len(labels), batch_size)])  # (N, scales)
-    per_scale = bits(-nats).mean(0)
+    per_image = bits(-nats).sum(1)  # (N,)
     return {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule),
-            'bits_per_image': float(per_scale.sum()), 'bits_per_scale': per_scale.tolist()}
+            'bits_per_image': float(per_image.mean()), 'bits_per_image_se': float(per_image.std() / len(nats) ** 0.5),
+            'bits_per_scale': bits(-nats).mean(0).tolist()}
 
 
 def sample_quality(model, schedule, settings, data_root, probe, folder):
@@ -186,7 +188,7 @@ def aggregate(results, sweep):
         if not runs:
             continue
         table[variant] = {}
-        for part, metrics in (('likelihood', ('bits_per_image',)),
+        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se')),
                               ('samples', ('class_consistency', 'frechet', 'fid', 'isc'))):
             rows = []
             for entries in zip(*(run[part] for run in runs)):
@@ -207,11 +209,13 @@ def markdown(table, sweep):
     seeds = ', '.join(map(str, sweep['seeds']))
     lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
              'deviation over the seeds.', '',
-             '| variant | schedule | serial steps | NLL (bits per image) |', '| --- | --- | --- | --- |']
+             '| variant | schedule | serial steps | NLL (bits per image) | standard error over the images |',
+             '| --- | --- | --- | --- | --- |']
     for variant, parts in table.items():
         for row in parts['likelihood']:
+            se = f"{row['bits_per_image_se']:.1f}" if 'bits_per_image_se' in row else '–'
             lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
-                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} |")
+                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} | {se} |")
     quality = [(v, row) for v, parts in table.items() for row in parts['samples']]
     if quality:
         n = sweep['evaluation']['num_samples']

@@ -63,6 +63,7 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     quality = results['variants']['checkerboard']['samples'][0]
     assert 0 <= quality['class_consistency'] <= 1 and quality['class_consistency_std'] is None
     assert '| raster | 1,2,3 | 7 |' in (out / 'results.md').read_text()
+    assert all(row['bits_per_image_se'] > 0 for row in likelihood)
     for name in ('nll_vs_steps.png', 'quality_vs_steps.png'):
         with Image.open(out / name) as image:
             assert image.size[0] > 100
