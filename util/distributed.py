@@ -45,7 +45,7 @@ def init_distributed(device=None):
 
 
 def is_initialized():
-    """Whether a process group is up (torchrun with more than one process)."""
+    """Whether a process group is up (under torchrun)."""
     return dist.is_available() and dist.is_initialized()
 
 
