@@ -5,9 +5,10 @@
 The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
 model: and args: keys), the training seeds and the evaluation. Every variant x seed trains with main.py's
 trainer into OUTPUT_DIR/<variant>-seed<seed>/ (a rerun skips finished runs and resumes an interrupted one)
-and is then evaluated, its figures saved as RESULTS_DIR/runs/<variant>-seed<seed>.json (default RESULTS_DIR:
-OUTPUT_DIR); a run whose figures are there with the same evaluation settings is neither trained nor measured
-again, so a sweep whose results folder is kept (say, committed) resumes on a machine without its checkpoints:
+and is then evaluated, its figures saved as RESULTS_DIR/runs/<variant>-seed<seed>.json with its training config
+(default RESULTS_DIR: OUTPUT_DIR); a run whose figures are there with the same evaluation settings is neither
+trained nor measured again, so a sweep whose results folder is kept (say, committed) resumes on a machine without
+its checkpoints (figures of a run trained with another config are an error, never reused):
 - the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
   under every likelihood schedule, in bits per image and per scale;
 - sample quality at every sample schedule: class consistency with its binomial standard error and the probe's
@@ -149,12 +150,21 @@ def sample_quality(model, schedule, settings, data_root, probe, folder):
     return record
 
 
-def stored_evaluation(path, settings):
-    """A run's evaluation saved at path with these settings, or None."""
+def training_record(config):
+    """What a run was trained with, as stored beside its figures (JSON types)."""
+    return json.loads(json.dumps({'model': config['model'], 'args': config['args']}))
+
+
+def stored_evaluation(path, settings, config):
+    """A run's evaluation saved at path with these settings, or None. Figures of a run trained with another
+    config are a ConfigError: they would be reused in its place."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         stored = json.load(f)
+    if stored.get('training') != training_record(config):
+        raise ConfigError(f'{path} holds the figures of a run trained with another config; delete it and the '
+                          "run's output folder, or choose another results_dir")
     return stored if stored['settings'] == settings else None
 
 
@@ -163,7 +173,7 @@ def evaluate_run(config, settings, data_root, probe, device, path):
     folder = config['args']['output_dir']
     model = load_generator(os.path.join(folder, LAST_CHECKPOINT), use_ema=bool(config['args']['ema']), device=device)
     codes, labels = heldout_codes(model, data_root, settings)
-    result = {'settings': settings, 'sides': model.sides,
+    result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
               'likelihood': [likelihood(model, codes, labels, s, settings['batch_size'])
                              for s in settings['likelihood_schedules']],
               'samples': [sample_quality(model, s, settings, data_root, probe, folder)
@@ -289,7 +299,7 @@ def run_sweep(sweep, device):
     results = {}
     for name, config in configs.items():
         path = os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
-        results[name] = stored_evaluation(path, settings)
+        results[name] = stored_evaluation(path, settings, config)
         if results[name] is not None:
             print(f'{name}: trained and evaluated earlier ({path})')
             continue

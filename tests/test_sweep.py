@@ -77,6 +77,10 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     assert 'raster-seed0: finished, not retrained' in printed and 'training into' not in printed
     assert [row['serial_steps'] for row in json.loads((out / 'runs' / 'raster-seed0.json').read_text())
             ['likelihood']] == [1 + 2 + 2]
+    config = write_sweep(base, out, variants={'raster': {'model.scan_order': 'raster', 'args.epochs': 2}})
+    with pytest.raises(SystemExit) as e:  # figures of a run trained otherwise are never reused
+        main_sweep.main(['--config', config, '--device', 'cpu'])
+    assert e.value.code == 2 and 'trained with another config' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('changes, message', [
