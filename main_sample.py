@@ -261,7 +261,8 @@ def write_edits(model, image, keep, labels, num_images, base_seed, folder, **sam
     for i, picture in enumerate(to_uint8(edited)):
         save_png(picture, os.path.join(folder, f'edit_{i:04d}.png'))
     save_grid(torch.cat([image[None], shown[None], edited]), os.path.join(folder, 'edit_grid.png'), nrow=n + 2)
-    print(f'wrote {n} edits of {folder}/edit_input.png and edit_grid.png (input, kept region, edits) to {folder}')
+    print(f'wrote {n} edits to {folder}: edit_grid.png (input, kept region, edits), edit_input.png, edit_mask.png '
+          'and edit_NNNN.png')
     return out
 
 
