@@ -240,23 +240,24 @@ def markdown(table, sweep):
 
 
 def plots(table, folder):
-    """nll_vs_steps.png and (with class-conditional samples) quality_vs_steps.png in folder."""
-    def curves(part, metric):
+    """nll_vs_steps.png (the NLL above each variant's NLL at its most steps, which is comparable across pyramids
+    of different sizes) and, with class-conditional samples, quality_vs_steps.png in folder."""
+    def curves(part, metric, relative):
         found = {}
         for variant, parts in table.items():
             rows = sorted((r for r in parts[part] if metric in r), key=lambda r: r['serial_steps'])
             if rows:
                 std = [r[f'{metric}_std'] for r in rows]
-                found[variant] = ([r['serial_steps'] for r in rows], [r[metric] for r in rows],
-                                  None if None in std else std)
+                values = [r[metric] - (rows[-1][metric] if relative else 0) for r in rows]
+                found[variant] = ([r['serial_steps'] for r in rows], values, None if None in std else std)
         return found
 
     written = []
-    for part, metric, ylabel, name in (('likelihood', 'bits_per_image', 'NLL of held-out codes (bits per image)',
-                                        'nll_vs_steps.png'),
-                                       ('samples', 'class_consistency', 'class consistency of samples',
-                                        'quality_vs_steps.png')):
-        found = curves(part, metric)
+    for part, metric, relative, ylabel, name in (
+            ('likelihood', 'bits_per_image', True, 'NLL minus NLL at the most steps (bits per image)',
+             'nll_vs_steps.png'),
+            ('samples', 'class_consistency', False, 'class consistency of samples', 'quality_vs_steps.png')):
+        found = curves(part, metric, relative)
         if found:
             figure = curves_figure(found, 'total serial steps (log scale)', ylabel, ylabel + ' vs serial steps')
             save_figure(figure, os.path.join(folder, name))
