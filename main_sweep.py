@@ -189,6 +189,13 @@ def mean_std(values):
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
+def above_most_steps(likelihood):
+    """A run's likelihood rows with bits_above_most_steps: the NLL minus the run's NLL at its most serial steps.
+    Unlike NLLs, these compare across pyramids of different sizes, and their spread over seeds is paired."""
+    reference = max(likelihood, key=lambda row: row['serial_steps'])['bits_per_image']
+    return [{**row, 'bits_above_most_steps': row['bits_per_image'] - reference} for row in likelihood]
+
+
 def aggregate(results, sweep):
     """{variant: {'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and, per metric, the mean
     and standard deviation over the seeds."""
@@ -198,10 +205,11 @@ def aggregate(results, sweep):
         if not runs:
             continue
         table[variant] = {}
-        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se')),
+        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se', 'bits_above_most_steps')),
                               ('samples', ('class_consistency', 'frechet', 'fid', 'isc'))):
             rows = []
-            for entries in zip(*(run[part] for run in runs)):
+            parts = [above_most_steps(run[part]) if part == 'likelihood' else run[part] for run in runs]
+            for entries in zip(*parts):
                 row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
                 for metric in metrics:
                     if metric in entries[0]:
@@ -219,13 +227,15 @@ def markdown(table, sweep):
     seeds = ', '.join(map(str, sweep['seeds']))
     lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
              'deviation over the seeds.', '',
-             '| variant | schedule | serial steps | NLL (bits per image) | standard error over the images |',
-             '| --- | --- | --- | --- | --- |']
+             '| variant | schedule | serial steps | NLL (bits per image) | standard error over the images '
+             '| NLL above the most steps |',
+             '| --- | --- | --- | --- | --- | --- |']
     for variant, parts in table.items():
         for row in parts['likelihood']:
             se = f"{row['bits_per_image_se']:.1f}" if 'bits_per_image_se' in row else '–'
             lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
-                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} | {se} |")
+                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} | {se} | "
+                         f"{number(row['bits_above_most_steps'], row['bits_above_most_steps_std'], 1)} |")
     quality = [(v, row) for v, parts in table.items() for row in parts['samples']]
     if quality:
         n = sweep['evaluation']['num_samples']
@@ -242,22 +252,22 @@ def markdown(table, sweep):
 def plots(table, folder):
     """nll_vs_steps.png (the NLL above each variant's NLL at its most steps, which is comparable across pyramids
     of different sizes) and, with class-conditional samples, quality_vs_steps.png in folder."""
-    def curves(part, metric, relative):
+    def curves(part, metric):
         found = {}
         for variant, parts in table.items():
             rows = sorted((r for r in parts[part] if metric in r), key=lambda r: r['serial_steps'])
             if rows:
                 std = [r[f'{metric}_std'] for r in rows]
-                values = [r[metric] - (rows[-1][metric] if relative else 0) for r in rows]
-                found[variant] = ([r['serial_steps'] for r in rows], values, None if None in std else std)
+                found[variant] = ([r['serial_steps'] for r in rows], [r[metric] for r in rows],
+                                  None if None in std else std)
         return found
 
     written = []
-    for part, metric, relative, ylabel, name in (
-            ('likelihood', 'bits_per_image', True, 'NLL minus NLL at the most steps (bits per image)',
+    for part, metric, ylabel, name in (
+            ('likelihood', 'bits_above_most_steps', 'NLL minus NLL at the most steps (bits per image)',
              'nll_vs_steps.png'),
-            ('samples', 'class_consistency', False, 'class consistency of samples', 'quality_vs_steps.png')):
-        found = curves(part, metric, relative)
+            ('samples', 'class_consistency', 'class consistency of samples', 'quality_vs_steps.png')):
+        found = curves(part, metric)
         if found:
             figure = curves_figure(found, 'total serial steps (log scale)', ylabel, ylabel + ' vs serial steps')
             save_figure(figure, os.path.join(folder, name))

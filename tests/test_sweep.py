@@ -95,3 +95,16 @@ def test_bad_sweep_configs_are_one_line(base, tmp_path, capsys, changes, message
         main_sweep.main(['--config', config, '--device', 'cpu'])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and message in err[-1], err
+
+
+def test_nll_above_most_steps_is_paired_over_seeds():
+    """Two seeds whose NLLs differ by a constant: the NLL spreads over the seeds, the NLL above each run's
+    most-steps NLL (what the plot shows) does not."""
+    def run(offset):
+        return {'likelihood': [{'schedule': s, 'serial_steps': n, 'bits_per_image': bits + offset}
+                               for s, n, bits in ((1, 3, 110.0), (4, 7, 100.0))], 'samples': []}
+    sweep = {'variants': {'a': {}}, 'seeds': [0, 1]}
+    rows = main_sweep.aggregate({'a-seed0': run(0.0), 'a-seed1': run(20.0)}, sweep)['a']['likelihood']
+    assert [row['bits_above_most_steps'] for row in rows] == [10.0, 0.0]
+    assert [row['bits_above_most_steps_std'] for row in rows] == [0.0, 0.0]
+    assert rows[0]['bits_per_image_std'] == pytest.approx(14.142, abs=1e-3)
