@@ -189,31 +189,60 @@ def mean_std(values):
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
-def above_most_steps(likelihood):
-    """A run's likelihood rows with bits_above_most_steps: the NLL minus the run's NLL at its most serial steps.
-    Unlike NLLs, these compare across pyramids of different sizes, and their spread over seeds is paired."""
-    reference = max(likelihood, key=lambda row: row['serial_steps'])['bits_per_image']
-    return [{**row, 'bits_above_most_steps': row['bits_per_image'] - reference} for row in likelihood]
+PAIRED = {'likelihood': 'bits_per_image', 'samples': 'class_consistency'}  # compared with a reference run
+
+
+def references(results, sweep):
+    """{variant: the first variant of the sweep with the same pyramid (scale sides)}; a variant is its own."""
+    sides = {variant: run['sides'] for variant in sweep['variants'] for seed in sweep['seeds']
+             if (run := results.get(f'{variant}-seed{seed}'))}
+    return {variant: next(v for v in sides if sides[v] == sides[variant]) for variant in sides}
+
+
+def paired_figures(results, sweep):
+    """Every run with the figures that pair it with runs of its own seed (which share its data order, so these
+    spread less over seeds than the figures themselves): per likelihood row bits_above_most_steps (the NLL
+    minus the run's NLL at its most serial steps, comparable across pyramids of different sizes), and, where
+    the variant's reference has run with this seed, bits_per_image_minus_reference and
+    class_consistency_minus_reference."""
+    reference = references(results, sweep)
+    paired = {}
+    for variant in reference:
+        for seed in sweep['seeds']:
+            run = results.get(f'{variant}-seed{seed}')
+            if run is None:
+                continue
+            most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
+            run = {**run, 'likelihood': [{**row, 'bits_above_most_steps': row['bits_per_image'] - most}
+                                         for row in run['likelihood']]}
+            base = results.get(f'{reference[variant]}-seed{seed}')
+            if reference[variant] != variant and base is not None:
+                run.update({part: [{**row, f'{metric}_minus_reference': row[metric] - base_row[metric]}
+                                   for row, base_row in zip(run[part], base[part])]
+                            for part, metric in PAIRED.items()})
+            paired[f'{variant}-seed{seed}'] = run
+    return paired
 
 
 def aggregate(results, sweep):
-    """{variant: {'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and, per metric, the mean
-    and standard deviation over the seeds."""
+    """{variant: {'reference': ..., 'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and,
+    per metric (paired_figures' included), the mean and standard deviation over the seeds that have it."""
+    paired, reference = paired_figures(results, sweep), references(results, sweep)
     table = {}
-    for variant in sweep['variants']:
-        runs = [results[name] for name in (f'{variant}-seed{seed}' for seed in sweep['seeds']) if name in results]
-        if not runs:
-            continue
-        table[variant] = {}
-        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se', 'bits_above_most_steps')),
-                              ('samples', ('class_consistency', 'frechet', 'fid', 'isc'))):
+    for variant in reference:
+        runs = [paired[name] for name in (f'{variant}-seed{seed}' for seed in sweep['seeds']) if name in paired]
+        table[variant] = {'reference': reference[variant]}
+        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se', 'bits_above_most_steps',
+                                              'bits_per_image_minus_reference')),
+                              ('samples', ('class_consistency', 'frechet', 'fid', 'isc',
+                                           'class_consistency_minus_reference'))):
             rows = []
-            parts = [above_most_steps(run[part]) if part == 'likelihood' else run[part] for run in runs]
-            for entries in zip(*parts):
+            for entries in zip(*(run[part] for run in runs)):
                 row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
                 for metric in metrics:
-                    if metric in entries[0]:
-                        row[metric], row[f'{metric}_std'] = mean_std([e[metric] for e in entries])
+                    values = [e[metric] for e in entries if metric in e]
+                    if values:
+                        row[metric], row[f'{metric}_std'] = mean_std(values)
                 rows.append(row)
             table[variant][part] = rows
     return table
@@ -225,27 +254,33 @@ def number(mean, std, digits):
 
 def markdown(table, sweep):
     seeds = ', '.join(map(str, sweep['seeds']))
+    pairs = ', '.join(f'{variant} against {parts["reference"]}' for variant, parts in table.items()
+                      if parts['reference'] != variant)
     lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
-             'deviation over the seeds.', '',
-             '| variant | schedule | serial steps | NLL (bits per image) | standard error over the images '
-             '| NLL above the most steps |',
-             '| --- | --- | --- | --- | --- | --- |']
-    for variant, parts in table.items():
-        for row in parts['likelihood']:
-            se = f"{row['bits_per_image_se']:.1f}" if 'bits_per_image_se' in row else '–'
-            lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
-                         f"{number(row['bits_per_image'], row['bits_per_image_std'], 1)} | {se} | "
-                         f"{number(row['bits_above_most_steps'], row['bits_above_most_steps_std'], 1)} |")
-    quality = [(v, row) for v, parts in table.items() for row in parts['samples']]
-    if quality:
+             'deviation over the seeds. "Minus the reference": each run minus the run of the same seed of the '
+             f'sweep\'s first variant with the same pyramid ({pairs or "none"}).', '']
+
+    def table_lines(part, columns):
+        lines = ['| variant | schedule | serial steps | ' + ' | '.join(column[1] for column in columns) + ' |',
+                 '| --- ' * (3 + len(columns)) + '|']
+        for variant, parts in table.items():
+            for row in parts[part]:
+                cells = [number(row[m], row[f'{m}_std'] if spread else None, d) if m in row else '–'
+                         for m, _, d, spread in columns]
+                lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
+                             + ' | '.join(cells) + ' |')
+        return lines
+
+    lines += table_lines('likelihood', [('bits_per_image', 'NLL (bits per image)', 1, True),
+                                        ('bits_per_image_se', 'standard error over the images', 1, False),
+                                        ('bits_above_most_steps', 'NLL above the most steps', 1, True),
+                                        ('bits_per_image_minus_reference', 'NLL minus the reference', 1, True)])
+    if any(parts['samples'] for parts in table.values()):
         n = sweep['evaluation']['num_samples']
-        lines += ['', f'| variant | schedule | serial steps | class consistency ({n} samples) | probe Fréchet | FID |',
-                  '| --- | --- | --- | --- | --- | --- |']
-        for variant, row in quality:
-            cells = [number(row[m], row[f'{m}_std'], d) if m in row else '–'
-                     for m, d in (('class_consistency', 3), ('frechet', 2), ('fid', 2))]
-            lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
-                         + ' | '.join(cells) + ' |')
+        lines += [''] + table_lines('samples', [
+            ('class_consistency', f'class consistency ({n} samples)', 3, True),
+            ('class_consistency_minus_reference', 'class consistency minus the reference', 3, True),
+            ('frechet', 'probe Fréchet', 2, True), ('fid', 'FID', 2, True)])
     return '\n'.join(lines) + '\n'
 
 

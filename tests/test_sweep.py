@@ -97,14 +97,24 @@ def test_bad_sweep_configs_are_one_line(base, tmp_path, capsys, changes, message
     assert e.value.code == 2 and len(err) == 1 and message in err[-1], err
 
 
-def test_nll_above_most_steps_is_paired_over_seeds():
-    """Two seeds whose NLLs differ by a constant: the NLL spreads over the seeds, the NLL above each run's
-    most-steps NLL (what the plot shows) does not."""
-    def run(offset):
-        return {'likelihood': [{'schedule': s, 'serial_steps': n, 'bits_per_image': bits + offset}
-                               for s, n, bits in ((1, 3, 110.0), (4, 7, 100.0))], 'samples': []}
-    sweep = {'variants': {'a': {}}, 'seeds': [0, 1]}
-    rows = main_sweep.aggregate({'a-seed0': run(0.0), 'a-seed1': run(20.0)}, sweep)['a']['likelihood']
+def test_paired_figures_cancel_what_a_seed_shares():
+    """Seeds whose NLLs differ by a constant: the NLL spreads over the seeds, the NLL above each run's
+    most-steps NLL (what the plot shows) and the difference to the reference variant (same pyramid, same seed)
+    do not; a variant with another pyramid is its own reference."""
+    def run(offset, shift=0.0, sides=(1, 2, 4)):
+        return {'sides': list(sides), 'samples': [],
+                'likelihood': [{'schedule': s, 'serial_steps': n, 'bits_per_image': bits + offset + shift}
+                               for s, n, bits in ((1, 3, 110.0), (4, 7, 100.0))]}
+    sweep = {'variants': {'a': {}, 'b': {}, 'c': {}}, 'seeds': [0, 1]}
+    results = {'a-seed0': run(0.0), 'a-seed1': run(20.0), 'b-seed0': run(0.0, -3.0), 'b-seed1': run(20.0, -3.0),
+               'c-seed0': run(0.0, sides=(1, 4))}
+    table = main_sweep.aggregate(results, sweep)
+    rows = table['a']['likelihood']
     assert [row['bits_above_most_steps'] for row in rows] == [10.0, 0.0]
     assert [row['bits_above_most_steps_std'] for row in rows] == [0.0, 0.0]
     assert rows[0]['bits_per_image_std'] == pytest.approx(14.142, abs=1e-3)
+    assert [(row['bits_per_image_minus_reference'], row['bits_per_image_minus_reference_std'])
+            for row in table['b']['likelihood']] == [(-3.0, 0.0), (-3.0, 0.0)]
+    assert [parts['reference'] for parts in table.values()] == ['a', 'a', 'c']
+    assert 'bits_per_image_minus_reference' not in table['c']['likelihood'][0]
+    assert '(b against a)' in main_sweep.markdown(table, {**sweep, 'base': 'base.yaml'})
