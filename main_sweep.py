@@ -16,7 +16,9 @@ its checkpoints (figures of a run trained with another config are an error, neve
   the data has an eval_reference folder.
 After each run it rewrites RESULTS_DIR/results.json, results.md and two plots, nll_vs_steps.png and
 quality_vs_steps.png: one curve per variant against the total number of serial steps, error bars the standard
-deviation over seeds. Runs go seed by seed, so every variant has one seed before any has two.
+deviation over seeds. Runs of one seed share their data order, so the tables also give each run minus the same
+seed's run of its reference (the sweep's first variant with the same pyramid). Runs go seed by seed, so every
+variant has one seed before any has two.
 """
 import argparse
 import json
