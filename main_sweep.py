@@ -201,27 +201,31 @@ def references(results, sweep):
     return {variant: next(v for v in sides if sides[v] == sides[variant]) for variant in sides}
 
 
-def paired_figures(results, sweep):
+def minus_reference(rows, reference_rows, metric):
+    """rows with metric_minus_reference: the metric minus the reference run's at the same schedule."""
+    return [{**row, f'{metric}_minus_reference': row[metric] - base[metric]} if metric in row else row
+            for row, base in zip(rows, reference_rows)]
+
+
+def paired_figures(results, sweep, reference):
     """Every run with the figures that pair it with runs of its own seed (which share its data order, so these
     spread less over seeds than the figures themselves): per likelihood row bits_above_most_steps (the NLL
     minus the run's NLL at its most serial steps, comparable across pyramids of different sizes), and, where
     the variant's reference has run with this seed, bits_per_image_minus_reference and
-    class_consistency_minus_reference."""
-    reference = references(results, sweep)
+    class_consistency_minus_reference. reference: references(results, sweep)."""
     paired = {}
     for variant in reference:
         for seed in sweep['seeds']:
             run = results.get(f'{variant}-seed{seed}')
             if run is None:
                 continue
-            most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
-            run = {**run, 'likelihood': [{**row, 'bits_above_most_steps': row['bits_per_image'] - most}
-                                         for row in run['likelihood']]}
+            if run['likelihood']:
+                most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
+                run = {**run, 'likelihood': [{**row, 'bits_above_most_steps': row['bits_per_image'] - most}
+                                             for row in run['likelihood']]}
             base = results.get(f'{reference[variant]}-seed{seed}')
             if reference[variant] != variant and base is not None:
-                run.update({part: [{**row, f'{metric}_minus_reference': row[metric] - base_row[metric]}
-                                   for row, base_row in zip(run[part], base[part])]
-                            for part, metric in PAIRED.items()})
+                run.update({part: minus_reference(run[part], base[part], metric) for part, metric in PAIRED.items()})
             paired[f'{variant}-seed{seed}'] = run
     return paired
 
@@ -229,7 +233,8 @@ def paired_figures(results, sweep):
 def aggregate(results, sweep):
     """{variant: {'reference': ..., 'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and,
     per metric (paired_figures' included), the mean and standard deviation over the seeds that have it."""
-    paired, reference = paired_figures(results, sweep), references(results, sweep)
+    reference = references(results, sweep)
+    paired = paired_figures(results, sweep, reference)
     table = {}
     for variant in reference:
         runs = [paired[name] for name in (f'{variant}-seed{seed}' for seed in sweep['seeds']) if name in paired]
