@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 import warnings
 import zipfile
 
@@ -29,8 +28,9 @@ from models.sample_batches import draw_samples
 from util import adm_metrics
 from util.atomic import atomic_write
 from util.distributed import DistInfo, all_gather_objects
-from util.images import save_grid, save_png
+from util.images import from_uint8, save_grid, save_png
 from util.inception_features import BACKENDS, ImageBatch, InputError, compute_activations
+from util.run_dir import exit_on_error
 
 STATS_NAMES = ('mu', 'sigma', 'mu_s', 'sigma_s')  # FID and sFID Gaussians, as stored in ADM reference batches
 LABELS = {'inception_score': 'Inception Score', 'fid': 'FID', 'sfid': 'sFID', 'precision': 'Precision',
@@ -255,7 +255,7 @@ def evaluate_generator(model, dist: DistInfo, data_root, folder, *, num_samples,
     os.makedirs(os.path.join(folder, 'samples'), exist_ok=True)
     for i, image in enumerate(images):
         save_png(image, os.path.join(folder, 'samples', f'{i:06d}.png'))
-    save_grid(torch.from_numpy(images[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1, os.path.join(folder, 'grid.png'))
+    save_grid(from_uint8(images[:64]), os.path.join(folder, 'grid.png'))
     record = fidelity_metrics(os.path.join(folder, 'samples'), os.path.join(data_root, 'eval_reference'),
                               model.seq_positions.device, inception_weights)
     if model.class_cond:
@@ -291,12 +291,8 @@ def latest_evaluation(log_path):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    with exit_on_error(InputError):
+        run(parse_args(argv))
 
 
 if __name__ == '__main__':

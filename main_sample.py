@@ -37,7 +37,8 @@ from util.atomic import atomic_write
 from util.checkpoint import UNSAFE_FLAG, CheckpointError
 from util.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from util.figures import formation_frames, maps_figure, save_figure, save_gif
-from util.images import save_grid, save_png, to_uint8
+from util.images import from_uint8, save_grid, save_png, to_uint8
+from util.run_dir import exit_on_error
 
 
 class Parser(argparse.ArgumentParser):
@@ -242,7 +243,7 @@ def edit_inputs(args, size):
     else:
         x0, y0, x1, y1 = parse_box(args.edit_mask, size)
         keep[y0:y1, x0:x1] = False
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, torch.from_numpy(keep)
+    return from_uint8(image), torch.from_numpy(keep)
 
 
 def write_edits(model, image, keep, labels, num_images, base_seed, folder, **sample_kwargs):
@@ -382,13 +383,11 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        run(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    finally:
-        cleanup()
+    with exit_on_error((CheckpointError, FileNotFoundError, ValueError)):
+        try:
+            run(args)
+        finally:
+            cleanup()
 
 
 if __name__ == '__main__':

@@ -41,7 +41,7 @@ from util.atomic import atomic_write
 from util.checkpoint import CheckpointError, load_checkpoint
 from util.config import ConfigError, check_keys, read_config
 from util.figures import curves_figure, save_figure
-from util.images import save_png
+from util.images import from_uint8, save_png
 from util.run_dir import LAST_CHECKPOINT, exit_on_error
 
 SWEEP_KEYS = ('base', 'output_dir', 'results_dir', 'seeds', 'variants', 'evaluation')
@@ -110,7 +110,7 @@ def heldout_codes(model, data_root, settings):
     """Codes [(N, s, s)] and labels (N,) of a seeded subset of data_root/val, ADM center-cropped."""
     images, labels, _ = load_real_images(data_root, 'val', model.img_size, settings['likelihood_images'],
                                          settings['seed'], log=lambda message: None)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, S, S)
+    x = from_uint8(images)  # (N, 3, S, S)
     parts = [model.codes_from_images(x[i:i + 256].to(model.seq_positions.device)) for i in range(0, len(x), 256)]
     return [torch.cat(scale) for scale in zip(*parts)], torch.from_numpy(labels)
 

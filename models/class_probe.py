@@ -15,6 +15,7 @@ from torch import nn
 
 from util.adm_metrics import frechet_distance, gaussian_stats
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint
+from util.images import from_uint8
 
 PROBE_WIDTH = 32  # channels of the first block; features have 4 * PROBE_WIDTH
 MAX_ZOOM = 1.15  # training augmentation: zoom in [1, MAX_ZOOM]
@@ -70,7 +71,7 @@ def to_model_input(images, image_size, device):
     """uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1] -> float (B, 3, S, S) on device, bilinear-resized."""
     x = torch.as_tensor(images).to(device)
     if x.dtype == torch.uint8:
-        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+        x = from_uint8(x)  # (B, 3, H, W)
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f'images must be uint8 (B, H, W, 3) or float (B, 3, H, W), got {tuple(x.shape)} {x.dtype}')
     if x.shape[-2:] != (image_size, image_size):

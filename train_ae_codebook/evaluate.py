@@ -23,6 +23,7 @@ from train_ae_codebook.build import spread_images, spread_subset
 from train_ae_codebook.metrics import evaluate_pyramid, format_metrics, save_pyramid_picture
 from util.checkpoint import UNSAFE_FLAG, CheckpointError
 from util.inception_features import InputError, TorchInception
+from util.run_dir import exit_on_error
 
 PICTURE_IMAGES = 8
 
@@ -85,11 +86,8 @@ def evaluate(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with exit_on_error((CheckpointError, InputError, FileNotFoundError, ValueError)):
         evaluate(args)
-    except (CheckpointError, InputError, FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == '__main__':

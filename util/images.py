@@ -12,6 +12,12 @@ def to_uint8(images):
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def from_uint8(images):
+    """uint8 (..., H, W, 3) array or tensor -> float (..., 3, H, W) in [-1, 1]: the inverse of to_uint8 up to
+    its rounding."""
+    return torch.as_tensor(images).movedim(-1, -3).float() / 127.5 - 1
+
+
 def save_png(array, path):
     """Write an (H, W, 3) uint8 array as a PNG, atomically."""
     with atomic_write(path) as f:

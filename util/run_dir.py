@@ -1,5 +1,5 @@
 """A training run's folder, shared by both trainers: file names, where to resume from, and the stop on a
-non-finite loss."""
+non-finite loss; and how every command reports a failure (one line, exit status)."""
 import contextlib
 import math
 import os
