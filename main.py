@@ -2,7 +2,7 @@
 
 One process on CPU or one GPU; `torchrun --nproc_per_node N main.py --config ...` for DDP. The loop: data
 (images or the token cache), DDP, bf16 autocast, AdamW, timm schedule and EMA, gradient accumulation and
-clipping, atomic checkpoints, exact resume, inline evaluation (evaluator.evaluate_generator).
+clipping, atomic checkpoints, exact resume, inline evaluation (evaluation.sample_quality.evaluate_generator).
 `args:` keys of the config (and flags) are listed below; dotted flags override `model:` keys."""
 import argparse
 import contextlib
@@ -19,25 +19,27 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import evaluator
 import main_sample
 from data.builtin import resolve_data_path
-from data.image_folder import BadImagesError, ImageFolderDataset, scan_image_folder
-from data.token_cache import TokenCacheDataset, TokenCacheMismatch, autoencoder_fingerprint, create_token_cache
+from data.image_folder import ImageFolderDataset, scan_image_folder
+from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_token_cache
+from evaluation import sample_quality
 from models import build_generator, load_generator
 from models.autoencoder import read_autoencoder_config
-from models.load import MODEL_DEFAULTS, resolve_path
+from models.generator_config import GeneratorConfig
+from models.load import resolve_path
 from models.sample_batches import balanced_labels
+from models.sample_settings import SampleSettings
 from train_ae_codebook import train as train_ae
 from util import distributed
 from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
-from util.precision import autocast, resolve_precision
+from util.precision import PRECISIONS, autocast, check_precision, resolve_precision
 from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, check_finite, exit_on_error, find_resume,
                           kept_checkpoint)
 from util.run_log import RunLog
-from util.schedule import SCHEDULES, base_lr, build_optimizer, build_scheduler
+from util.schedule import OPTIMIZERS, SCHEDULES, base_lr, build_optimizer, build_scheduler
 
 AUTOENC_PATHS = ('autoenc.config_path', 'autoenc.checkpoint_path')  # may move between runs: not the model
 
@@ -61,11 +63,12 @@ TRAIN_OPTIONS = {
     'lr_step_epochs': Option(list, [], 'epochs at which the step schedule multiplies lr by lr_step_factor'),
     'lr_step_factor': Option(float, 0.1, 'lr multiplier of the step schedule'),
     'warmup_epochs': Option(float, 1.0, 'linear warmup from 0, in epochs'),
-    'optimizer': Option(str, 'adamw', 'adamw (beta 0.9, 0.95; no decay on biases and 1-D parameters)'),
+    'optimizer': Option(str, 'adamw', f'one of {", ".join(OPTIMIZERS)} (adamw: betas 0.9, 0.95; no decay on biases '
+                                      'and 1-D parameters)'),
     'weight_decay': Option(float, 0.01, 'AdamW weight decay'),
     'clip_grad': Option(float, 0.0, 'clip the gradient norm to this value (0: off)'),
     'ema': Option(float, 0.0, 'EMA decay of model_ema (0: no EMA)'),
-    'precision': Option(str, 'auto', 'auto (bf16 where the hardware has bf16 units), fp32 or bf16'),
+    'precision': Option(str, 'auto', f'auto (bf16 where the hardware has bf16 units) or one of {", ".join(PRECISIONS)}'),
     'seed': Option(int, 0, 'seed of data order, augmentation and training randomness'),
     'device': Option(str, None, 'cpu or cuda (default: cuda when available)'),
     'compile': Option(bool, False, 'torch.compile the transformer for training steps (up to two minutes of '
@@ -99,24 +102,63 @@ TRAIN_OPTIONS = {
 }
 
 
-def validate(config):
-    """Checks that need no work: one ConfigError per problem. Returns the resolved dataset folder."""
-    args, model = config['args'], config['model']
-    if args['batch_size'] < 1 or args['grad_accum_steps'] < 1:
-        raise ConfigError('batch_size and grad_accum_steps must be >= 1')
-    if args['batch_size'] % args['grad_accum_steps']:
-        raise ConfigError(f"batch_size {args['batch_size']} is not divisible by grad_accum_steps "
-                          f"{args['grad_accum_steps']}")
-    if args['lr_schedule'] not in SCHEDULES:
-        raise ConfigError(f"lr_schedule must be one of {SCHEDULES}, got {args['lr_schedule']!r}")
+POSITIVE = ('batch_size', 'grad_accum_steps', 'epochs', 'log_every', 'eval_num_samples', 'eval_batch_size',
+            'eval_steps_per_scale', 'probe_epochs', 'probe_max_images', 'probe_image_size')
+NOT_NEGATIVE = ('max_steps', 'min_lr', 'warmup_epochs', 'weight_decay', 'clip_grad', 'seed', 'num_workers',
+                'save_every_steps', 'keep_every_epochs', 'eval_freq', 'showcase_images')
+
+
+def check_args(args):
+    """ConfigError (one line naming the key and its value) for an `args:` value that cannot work; needs no
+    files and does no work."""
+    def fail(key, requirement):
+        raise ConfigError(f'args.{key} must be {requirement}, got {args[key]!r}')
+
+    for key in POSITIVE:
+        if args[key] is not None and not args[key] >= 1:
+            fail(key, '>= 1')
+    for key in NOT_NEGATIVE:
+        if not (math.isfinite(args[key]) and args[key] >= 0):
+            fail(key, 'a finite number >= 0')
+    for key in ('lr', 'blr'):
+        if args[key] is not None and not (math.isfinite(args[key]) and args[key] > 0):
+            fail(key, 'a finite number > 0')
     if args['lr'] is None and args['blr'] is None:
         raise ConfigError('set args.lr or args.blr')
-    if args['precision'] not in ('auto', 'fp32', 'bf16'):
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got {args['precision']!r}")
-    if not isinstance(model.get('autoenc'), dict):
-        raise ConfigError('model.autoenc is missing (config_path and checkpoint_path of the autoencoder)')
+    if args['batch_size'] % args['grad_accum_steps']:
+        raise ConfigError(f"args.batch_size {args['batch_size']} is not divisible by args.grad_accum_steps "
+                          f"{args['grad_accum_steps']}")
+    if not 0 <= args['ema'] < 1:
+        fail('ema', 'in [0, 1)')
+    if args['lr_schedule'] not in SCHEDULES:
+        fail('lr_schedule', f'one of {", ".join(SCHEDULES)}')
+    if args['optimizer'] not in OPTIMIZERS:
+        fail('optimizer', f'one of {", ".join(OPTIMIZERS)} (the optimizers this trainer implements)')
+    if not all(isinstance(e, (int, float)) and e >= 0 for e in args['lr_step_epochs']):
+        fail('lr_step_epochs', 'a list of epochs >= 0')
+    try:
+        check_precision(args['precision'], args['device'] or 'cpu', allow_auto=True)
+        if args['device'] is not None:
+            torch.device(args['device'])
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f'args.precision / args.device: {e}') from None
+    sample_settings(args, 'fp32')  # the inline evaluation's sampling settings: ConfigError if they cannot work
+
+
+def typed_config(raw):
+    """The run's config from load_config's: {'model': GeneratorConfig, 'args': checked dict}. A new object;
+    a problem is one ConfigError."""
+    check_args(raw['args'])
+    return {'model': GeneratorConfig.from_dict(raw['model']), 'args': raw['args']}
+
+
+def resolve_run(config):
+    """(the config with what the files decide filled in, the dataset folder) of a typed config: the data must
+    be there, model.num_classes is the number of classes of its train split (a config that sets another is a
+    ConfigError), the autoencoder's files must exist. The given config is not changed."""
+    args, model = config['args'], config['model']
     for key in ('config_path', 'checkpoint_path'):
-        path = model['autoenc'].get(key)
+        path = getattr(model.autoenc, key)
         if path is None or not os.path.isfile(resolve_path(path)):
             raise ConfigError(f'autoencoder file not found: model.autoenc.{key} = {path} '
                               '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
@@ -124,16 +166,18 @@ def validate(config):
         check_cpu_compiler()
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
-    try:
-        root = resolve_data_path(args['data_path'], args['builtin_root'])
-        classes, _ = scan_image_folder(root, 'train')
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if model.get('class_cond'):
-        if model.setdefault('num_classes', len(classes)) != len(classes):
-            raise ConfigError(f"model.num_classes is {model['num_classes']} but {root}/train has "
-                              f'{len(classes)} classes')
-    return root
+    root = resolve_data_path(args['data_path'], args['builtin_root'])
+    classes, _ = scan_image_folder(root, 'train')
+    if model.class_cond and model.num_classes not in (0, len(classes)):
+        raise ConfigError(f'model.num_classes is {model.num_classes} but {root}/train has {len(classes)} classes')
+    if model.class_cond:
+        model = model.replace(num_classes=len(classes))
+    return {'model': model, 'args': args}, root
+
+
+def config_record(config):
+    """A typed config as plain types: what checkpoints, config.yaml and the sweep record."""
+    return {'model': config['model'].to_dict(), 'args': config['args']}
 
 
 def check_cpu_compiler():
@@ -161,18 +205,21 @@ class Trainer:
     """State of one run: model, EMA, optimizer, schedule, data position."""
 
     def __init__(self, config, data_root, dist, resume=None):
-        """resume: (path, checkpoint) of this run to continue, its config already checked (read_resume)."""
+        """config: resolved (resolve_run); resume: (path, checkpoint) of this run to continue, its config already
+        checked (read_resume)."""
         self.config, self.args, self.dist = config, config['args'], dist
         args = self.args
         self.device = dist.device
         self.precision = resolve_precision(args['precision'], self.device)
+        self.sample_settings = sample_settings(args, self.precision)
         torch.manual_seed(args['seed'] + dist.rank)
         np.random.seed(args['seed'] + dist.rank)
         random.seed(args['seed'] + dist.rank)
         self.model = build_generator(config['model'], device=self.device)
         if resume is not None:  # before anything is written: a mismatch is one line and nothing else
             load_resumed_weights(self.model, resume[1]['model'], resume[0])
-        self.autoenc_config = read_autoencoder_config(resolve_path(config['model']['autoenc']['config_path']))
+        files = config['model'].autoenc
+        self.autoenc_config = read_autoencoder_config(resolve_path(files.config_path), files.params)
         self.data_root = data_root
         self.dataset = self.build_dataset()
         self.sampler = GlobalBatchSampler(len(self.dataset), args['batch_size'], self.dist.rank,
@@ -181,7 +228,7 @@ class Trainer:
                                                   num_workers=args['num_workers'],
                                                   pin_memory=self.device.type == 'cuda')
         self.lr = base_lr(args, self.sampler.global_batch)
-        self.optimizer = build_optimizer(self.model, self.lr, args['weight_decay'])
+        self.optimizer = build_optimizer(args['optimizer'], self.model, self.lr, args['weight_decay'])
         self.scheduler = build_scheduler(self.optimizer, args, self.sampler.batches_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=args['ema']) if args['ema'] > 0 else None
         if args['compile']:
@@ -230,8 +277,7 @@ class Trainer:
                 'args': argparse.Namespace(**self.args),
                 'step': self.step, 'batch_in_epoch': self.batch_in_epoch,
                 'scheduler': self.scheduler.state_dict(), 'rng': rng_states(self.train_gen),
-                'config': {'model': self.config['model'], 'args': self.args},
-                'autoenc_config': self.autoenc_config}
+                'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published()}
 
     def save(self, keep=False):
         """The last checkpoint (and a numbered keep) with the config beside it; rank 0 writes, atomically."""
@@ -241,7 +287,7 @@ class Trainer:
             save_checkpoint(state, os.path.join(out, LAST_CHECKPOINT))
             if keep:
                 save_checkpoint(state, os.path.join(out, kept_checkpoint(self.epoch)))
-            write_yaml({'model': self.config['model'], 'args': self.args}, os.path.join(out, CONFIG_FILE))
+            write_yaml(config_record(self.config), os.path.join(out, CONFIG_FILE))
         distributed.barrier()
 
     def resume(self, path, ck):
@@ -328,7 +374,7 @@ class Trainer:
                     return
             bar.close()
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            keep = bool(args['keep_every_epochs']) and self.epoch % args['keep_every_epochs'] == 0
+            keep = False
             self.save(keep=keep)
             if args['eval_freq'] and (self.epoch % args['eval_freq'] == 0 or self.epoch == args['epochs']):
                 self.evaluate()
@@ -339,26 +385,28 @@ class Trainer:
         args = self.args
         model = (self.ema.module if self.ema is not None else self.model).eval()
         folder = os.path.join(args['output_dir'], f'eval_epoch{self.epoch:04d}')
-        record = evaluator.evaluate_generator(
-            model, self.dist, self.data_root, folder, num_samples=args['eval_num_samples'],
+        record = sample_quality.evaluate_generator(
+            model, self.sample_settings, self.dist, self.data_root, folder, num_samples=args['eval_num_samples'],
             batch_size=args['eval_batch_size'], seed=args['seed'],
             probe_path=os.path.join(args['output_dir'], 'class_probe.pth'), probe_epochs=args['probe_epochs'],
             probe_max_images=args['probe_max_images'], probe_image_size=args['probe_image_size'],
-            inception_weights=args['inception_weights'], log=self.say, precision=self.precision,
-            **sample_settings(args))
+            inception_weights=args['inception_weights'], log=self.say)
         self.model.train()
         if record is not None:
-            self.log.write(self.step, {evaluator.EVAL_PREFIX + k: v for k, v in record.items()} | {'epoch': self.epoch})
-            self.say(f'eval at epoch {self.epoch}: {evaluator.metrics_text(record)} (grid: {folder}/grid.png)')
+            self.log.write(self.step, {sample_quality.EVAL_PREFIX + k: v for k, v in record.items()}
+                           | {'epoch': self.epoch})
+            self.say(f'eval at epoch {self.epoch}: {sample_quality.metrics_text(record)} (grid: {folder}/grid.png)')
 
     def close(self):
         self.log.close()
 
 
-def sample_settings(args):
-    """The model.sample settings of inline evaluation and the showcase, from the training args."""
-    return dict(cfg=args['cfg'], cfg_start_step=args['cfg_start_step'], steps_per_scale=args['eval_steps_per_scale'],
-                temperature=args['eval_temperature'])
+def sample_settings(args, precision):
+    """The SampleSettings of inline evaluation and the showcase, from the training args and a resolved
+    precision."""
+    return SampleSettings(cfg=args['cfg'], cfg_start_step=args['cfg_start_step'],
+                          steps_per_scale=args['eval_steps_per_scale'], temperature=args['eval_temperature'],
+                          precision=precision)
 
 
 def read_resume(config):
@@ -372,21 +420,26 @@ def read_resume(config):
     if not isinstance(state, dict) or 'model' not in state:
         raise CheckpointError(f"{path}: not a generator checkpoint (no 'model' entry); use another --output_dir")
     if isinstance(state.get('config'), dict):
-        check_same_model({**MODEL_DEFAULTS, **state['config']['model']}, {**MODEL_DEFAULTS, **config['model']}, path,
-                         AUTOENC_PATHS)
+        try:
+            saved = GeneratorConfig.from_dict(state['config']['model'])
+        except ConfigError as e:
+            raise CheckpointError(f'{path}: its model config does not fit this code ({e}); choose another '
+                                  '--output_dir') from None
+        check_same_model(saved.to_dict(), config['model'].to_dict(), path, AUTOENC_PATHS)
     return path, state
 
 
 def train(config):
-    """Validate, then train; the effective config is printed and written beside every checkpoint. Nothing is
-    written before the config, the data and a checkpoint to resume from are found usable."""
-    data_root = validate(config)
+    """Resolve a typed config (typed_config), then train; the resolved config is printed and written beside
+    every checkpoint. Nothing is written before the config, the data and a checkpoint to resume from are found
+    usable."""
+    config, data_root = resolve_run(config)
     resume = read_resume(config)
     dist = distributed.init_distributed(config['args']['device'])
     try:
         trainer = Trainer(config, data_root, dist, resume)
         if dist.is_main:
-            print('# effective config\n' + config_text(config), file=sys.stderr)
+            print('# resolved config\n' + config_text(config_record(config)), file=sys.stderr)
         trainer.run()
         trainer.close()
     finally:
@@ -396,10 +449,12 @@ def train(config):
 
 def ensure_autoencoder(config):
     """Train (or resume, or reuse) the autoencoder of model.autoenc with train_ae_codebook."""
-    args, autoenc = config['args'], config['model']['autoenc']
-    folder = os.path.dirname(autoenc['checkpoint_path']) or '.'
-    done = os.path.isfile(autoenc['checkpoint_path'])
-    print(f"autoencoder: {'checking' if done else 'training'} {autoenc['checkpoint_path']} "
+    args, autoenc = config['args'], config['model'].autoenc
+    if autoenc.checkpoint_path is None:
+        raise ConfigError('args.autoenc_train_config needs model.autoenc.checkpoint_path (where to train it)')
+    folder = os.path.dirname(autoenc.checkpoint_path) or '.'
+    done = os.path.isfile(autoenc.checkpoint_path)
+    print(f"autoencoder: {'checking' if done else 'training'} {autoenc.checkpoint_path} "
           f"({args['autoenc_train_config']}, output_dir {folder})", file=sys.stderr)
     start = time.perf_counter()
     train_ae.train(train_ae.read_training_config(args['autoenc_train_config'], output_dir=folder, seed=args['seed']))
@@ -411,20 +466,20 @@ def write_showcase(config, device):
     args = config['args']
     model = load_generator(os.path.join(args['output_dir'], LAST_CHECKPOINT), use_ema=bool(args['ema']), device=device)
     labels = balanced_labels(args['showcase_images'], model.num_classes) if model.class_cond else None
-    main_sample.showcase(model, labels, args['showcase_images'], args['seed'],
-                         os.path.join(args['output_dir'], 'samples'), **sample_settings(args))
+    main_sample.showcase(model, sample_settings(args, resolve_precision(args['precision'], device)), labels,
+                         args['showcase_images'], args['seed'], os.path.join(args['output_dir'], 'samples'))
 
 
 def main(argv=None):
-    with exit_on_error((ConfigError, CheckpointError, TokenCacheMismatch, BadImagesError, FileNotFoundError)):
-        config = load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0])
+    with exit_on_error():
+        config = typed_config(load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0]))
         if config['args']['autoenc_train_config']:
             ensure_autoencoder(config)
         trainer = train(config)
         if trainer.dist.is_main:
             if config['args']['showcase_images']:
                 write_showcase(config, trainer.device)
-            summary = evaluator.latest_evaluation(trainer.log.path)
+            summary = sample_quality.latest_evaluation(trainer.log.path)
             if summary:
                 print(summary)
 

@@ -32,12 +32,14 @@ from models import load_generator
 from models.editing import edit
 from models.checkerboard import format_schedule, parse_schedule, serial_steps
 from models.sample_batches import MAX_BASE_SEED, balanced_labels, draw_samples, sample_seeds
-from models.sampler import PRECISIONS
+from models.sample_settings import SampleSettings
 from util.atomic import atomic_write
-from util.checkpoint import UNSAFE_FLAG, CheckpointError
+from util.checkpoint import UNSAFE_FLAG
+from util.config import ConfigError
 from util.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from util.figures import formation_frames, maps_figure, save_figure, save_gif
 from util.images import from_uint8, save_grid, save_png, to_uint8
+from util.precision import PRECISIONS
 from util.run_dir import exit_on_error
 
 
@@ -132,49 +134,51 @@ def parse_args(argv):
     return args
 
 
-def sample_kwargs(args):
-    return dict(cfg=args.cfg, cfg_start_step=args.cfg_start_step, steps_per_scale=args.steps_per_scale,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=args.precision)
+def sample_settings(args):
+    """The SampleSettings of the command line."""
+    return SampleSettings(cfg=args.cfg, cfg_start_step=args.cfg_start_step, steps_per_scale=args.steps_per_scale,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=args.precision)
 
 
 def showcase_labels(model, args):
     """(B,) labels of the showcase images, or None for an unconditional model."""
     if not model.class_cond:
         if args.labels or args.random_classes:
-            raise ValueError('this model is unconditional: --labels and --random_classes do not apply')
+            raise ConfigError('this model is unconditional: --labels and --random_classes do not apply')
         return None
     if args.labels:
         bad = [label for label in args.labels if label >= model.num_classes]
         if bad:
-            raise ValueError(f'labels {bad} out of range: this model has classes 0..{model.num_classes - 1}')
+            raise ConfigError(f'--labels {bad} out of range: this model has classes 0..{model.num_classes - 1}')
         return torch.tensor(args.labels)
     if args.random_classes:
         return torch.randint(model.num_classes, (args.num_images,), generator=torch.Generator().manual_seed(args.seed))
     return balanced_labels(args.num_images, model.num_classes)
 
 
-def print_flops(model, labels, args):
+def print_flops(model, settings, labels, base_seed):
     """Counted FLOPs of one batch-1 sample (the CFG doubling included), with and without decoding."""
     flops = {}
     for decode in ('top', 'none'):
         with FlopCounterMode(display=False) as counter:
-            model.sample(labels=None if labels is None else labels[:1], batch_size=1,
-                         seeds=sample_seeds(args.seed, [0]), decode=decode, **sample_kwargs(args))
+            model.sample(settings, labels=None if labels is None else labels[:1], batch_size=1,
+                         seeds=sample_seeds(base_seed, [0]), decode=decode)
         flops[decode] = counter.get_total_flops()
     print(f'FLOPs of one sample: {flops["top"] / 1e9:.4g} GFLOP with decoding, {flops["none"] / 1e9:.4g} GFLOP '
-          f'without (cfg {args.cfg}, schedule {format_schedule(args.steps_per_scale)}: '
-          f'{serial_steps(model.sides, args.steps_per_scale)} serial steps)')
+          f'without (cfg {settings.cfg}, schedule {format_schedule(settings.steps_per_scale)}: '
+          f'{serial_steps(model.sides, settings.steps_per_scale)} serial steps)')
 
 
-def showcase(model, labels, num_images, base_seed, folder, **sample_kwargs):
-    """Sample, time it, and write the grid, per-sample PNGs and maps figures, the GIF and codes.npz to folder.
+def showcase(model, settings, labels, num_images, base_seed, folder):
+    """Sample with SampleSettings, time it, and write the grid, per-sample PNGs and maps figures, the GIF and
+    codes.npz to folder.
 
     labels: (B,) class ids, or None for an unconditional model (num_images samples)."""
     n = num_images if labels is None else len(labels)
     seeds = sample_seeds(base_seed, range(n))
     device = model.seq_positions.device
     start = time.perf_counter()
-    out = model.sample(labels=labels, batch_size=n, seeds=seeds, decode='top', **sample_kwargs)
+    out = model.sample(settings, labels=labels, batch_size=n, seeds=seeds, decode='top')
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -200,24 +204,24 @@ def showcase(model, labels, num_images, base_seed, folder, **sample_kwargs):
 
 
 def read_rgb(path, role):
-    """A PIL RGB image; ValueError naming the file when it cannot be read."""
+    """A PIL RGB image; ConfigError naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
             return image.convert('RGB')
     except FileNotFoundError:
-        raise ValueError(f'{role} not found: {path}') from None
+        raise ConfigError(f'{role} not found: {path}') from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'{role} {path}: not a readable image ({str(e).splitlines()[0]})') from None
+        raise ConfigError(f'{role} {path}: not a readable image ({str(e).splitlines()[0]})') from None
 
 
 def parse_box(text, size):
-    """'x0,y0,x1,y1' -> (x0, y0, x1, y1) ints with 0 <= x0 < x1 <= size (the same for y); ValueError otherwise."""
+    """'x0,y0,x1,y1' -> (x0, y0, x1, y1) ints with 0 <= x0 < x1 <= size (the same for y); ConfigError otherwise."""
     try:
         x0, y0, x1, y1 = (int(v) for v in text.split(','))
     except ValueError:
-        raise ValueError(f"--edit_mask {text}: neither an image file nor a box 'x0,y0,x1,y1' of whole pixels") from None
+        raise ConfigError(f"--edit_mask {text}: neither an image file nor a box 'x0,y0,x1,y1' of whole pixels") from None
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
-        raise ValueError(f'--edit_mask box {text} must lie inside the {size}x{size} image with x0 < x1 and y0 < y1')
+        raise ConfigError(f'--edit_mask box {text} must lie inside the {size}x{size} image with x0 < x1 and y0 < y1')
     return x0, y0, x1, y1
 
 
@@ -237,7 +241,7 @@ def edit_inputs(args, size):
     elif os.path.isfile(args.edit_mask):
         mask = read_rgb(args.edit_mask, '--edit_mask')
         if mask.size != original.size:
-            raise ValueError(f'--edit_mask {args.edit_mask} is {mask.size[0]}x{mask.size[1]} but --edit_image is '
+            raise ConfigError(f'--edit_mask {args.edit_mask} is {mask.size[0]}x{mask.size[1]} but --edit_image is '
                              f'{original.size[0]}x{original.size[1]}; give a mask of the same size (white = keep)')
         keep = np.asarray(center_crop_arr(mask, size))[..., 0] > 127
     else:
@@ -246,14 +250,14 @@ def edit_inputs(args, size):
     return from_uint8(image), torch.from_numpy(keep)
 
 
-def write_edits(model, image, keep, labels, num_images, base_seed, folder, **sample_kwargs):
-    """Edit image (3, S, S) keeping keep (S, S): one sample per label (or num_images for an unconditional model),
-    sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white = kept), edit_NNNN.png
+def write_edits(model, settings, image, keep, labels, num_images, base_seed, folder):
+    """Edit image (3, S, S) keeping keep (S, S) with SampleSettings: one sample per label (or num_images for an
+    unconditional model), sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white = kept), edit_NNNN.png
     and edit_grid.png (input, the input with the redrawn region dimmed, the edits) to folder."""
     n = num_images if labels is None else len(labels)
     device = model.seq_positions.device
     images, keeps = image[None].expand(n, -1, -1, -1).to(device), keep[None].expand(n, -1, -1).to(device)
-    out = edit(model, images, keeps, labels, seeds=sample_seeds(base_seed, range(n)), decode='top', **sample_kwargs)
+    out = edit(model, images, keeps, settings, labels, seeds=sample_seeds(base_seed, range(n)), decode='top')
     os.makedirs(folder, exist_ok=True)
     shown = torch.where(keep[None], image, image * 0.3 - 0.7)  # the redrawn region dimmed
     save_png(to_uint8(image[None])[0], os.path.join(folder, 'edit_input.png'))
@@ -277,7 +281,7 @@ class ShardStore:
         self.settings = settings
 
     def check_settings(self):
-        """Raise ValueError if the folder holds shards drawn with other settings."""
+        """ConfigError if the folder holds shards drawn with other settings."""
         path = os.path.join(self.folder, 'settings.json')
         if not os.path.isfile(path):
             return
@@ -285,7 +289,7 @@ class ShardStore:
             old = json.load(f)
         changed = [f'{k}: {old.get(k)} -> {v}' for k, v in self.settings.items() if old.get(k) != v]
         if changed:
-            raise ValueError(f'{self.folder} holds shards drawn with other settings ({"; ".join(changed)}); '
+            raise ConfigError(f'{self.folder} holds shards drawn with other settings ({"; ".join(changed)}); '
                              'delete it or choose another --output_npz')
 
     def write_settings(self):
@@ -327,10 +331,10 @@ class ShardStore:
         return images.shape
 
 
-def write_sample_npz(model, dist: DistInfo, num_samples, output_npz, batch_size, base_seed, settings, **sample_kwargs):
-    """Draw the samples not yet in FILE.shards/ (rank r takes every world_size-th of them), then merge on
-    rank 0. sample_kwargs go to model.sample; settings identify the run (checked when resuming)."""
-    store = ShardStore(output_npz, settings)
+def write_sample_npz(model, settings, dist: DistInfo, num_samples, output_npz, batch_size, base_seed, identity):
+    """Draw the samples not yet in FILE.shards/ with SampleSettings (rank r takes every world_size-th of them),
+    then merge on rank 0. identity: what identifies the run besides the settings (checked when resuming)."""
+    store = ShardStore(output_npz, {**identity, **settings.to_dict()})
     store.check_settings()
     if dist.is_main:
         store.write_settings()
@@ -343,7 +347,7 @@ def write_sample_npz(model, dist: DistInfo, num_samples, output_npz, batch_size,
               f'on {dist.world_size} process(es)')
     bar = tqdm(total=len(todo), unit='img', disable=not dist.is_main, dynamic_ncols=True)
     start = time.perf_counter()
-    for indices, labels, images in draw_samples(model, mine, num_samples, base_seed, batch_size, **sample_kwargs):
+    for indices, labels, images in draw_samples(model, settings, mine, num_samples, base_seed, batch_size):
         store.write(np.array(indices, dtype=np.int64), images, None if labels is None else labels.numpy())
         bar.update(min(len(indices) * dist.world_size, bar.total - bar.n))  # ranks advance alike: global estimate
     bar.close()
@@ -357,33 +361,34 @@ def write_sample_npz(model, dist: DistInfo, num_samples, output_npz, batch_size,
 
 def run(args):
     if args.device and args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'--device {args.device}: no GPU available')
+        raise ConfigError(f'--device {args.device}: no GPU available')
+    settings = sample_settings(args)
     dist = init_distributed(args.device)
     if dist.enabled and not args.num_samples:
-        raise ValueError('only --num_samples runs on several processes')
+        raise ConfigError('only --num_samples runs on several processes')
     model = load_generator(args.checkpoint, args.use_ema, dist.device, allow_unsafe=args.unsafe_load)
-    steps = serial_steps(model.sides, args.steps_per_scale)  # a schedule that does not fit: ValueError, exit 2
+    steps = settings.check(model.sides, dist.device)
     if dist.is_main:
-        print(f'schedule {format_schedule(args.steps_per_scale)} over scales {model.sides}: {steps} serial steps')
+        print(f'schedule {format_schedule(settings.steps_per_scale)} over scales {model.sides}: {steps} serial steps')
     if args.num_samples:
-        settings = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
-                    'num_samples': args.num_samples, 'seed': args.seed, **sample_kwargs(args)}
-        write_sample_npz(model, dist, args.num_samples, args.output_npz, args.batch_size, args.seed, settings,
-                         **sample_kwargs(args))
+        identity = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
+                    'num_samples': args.num_samples, 'seed': args.seed}
+        write_sample_npz(model, settings, dist, args.num_samples, args.output_npz, args.batch_size, args.seed,
+                         identity)
         return
     labels = showcase_labels(model, args)
     if args.flops:
-        print_flops(model, labels, args)
+        print_flops(model, settings, labels, args.seed)
     elif args.edit_image:
         image, keep = edit_inputs(args, model.img_size)
-        write_edits(model, image, keep, labels, args.num_images, args.seed, args.output_dir, **sample_kwargs(args))
+        write_edits(model, settings, image, keep, labels, args.num_images, args.seed, args.output_dir)
     else:
-        showcase(model, labels, args.num_images, args.seed, args.output_dir, **sample_kwargs(args))
+        showcase(model, settings, labels, args.num_images, args.seed, args.output_dir)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    with exit_on_error((CheckpointError, FileNotFoundError, ValueError)):
+    with exit_on_error():
         try:
             run(args)
         finally:

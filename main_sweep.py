@@ -12,7 +12,7 @@ its checkpoints (figures of a run trained with another config are an error, neve
 - the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
   under every likelihood schedule, in bits per image and per scale;
 - sample quality at every sample schedule: class consistency with its binomial standard error and the probe's
-  Frechet distance (evaluator.probe_report), and torch-fidelity FID / IS where Inception weights are given and
+  Frechet distance (evaluation.sample_quality.probe_report), and torch-fidelity FID / IS where Inception weights are given and
   the data has an eval_reference folder.
 After each run it rewrites RESULTS_DIR/results.json, results.md and two plots, nll_vs_steps.png and
 quality_vs_steps.png: one curve per variant against the total number of serial steps, error bars the standard
@@ -29,16 +29,17 @@ import numpy as np
 import torch
 import yaml
 
-import evaluator
 import main as train_main
 from data.image_folder import load_real_images
+from evaluation import sample_quality
 from models import build_generator, load_generator
-from models.checkerboard import format_schedule, schedule_block_sizes, serial_steps
+from models.checkerboard import format_schedule, serial_steps
+from models.generator_config import GeneratorConfig
 from models.likelihood import bits, code_log_likelihood
-from models.load import check_model_config
 from models.sample_batches import draw_samples
+from models.sample_settings import SampleSettings
 from util.atomic import atomic_write
-from util.checkpoint import CheckpointError, load_checkpoint
+from util.checkpoint import load_checkpoint
 from util.config import ConfigError, check_keys, read_config
 from util.figures import curves_figure, save_figure
 from util.images import from_uint8, save_png
@@ -83,17 +84,16 @@ def read_sweep(path):
 
 
 def run_config(sweep, variant, seed):
-    """The training config of one run: the base config, the variant's overrides, the seed and the run folder."""
+    """The typed training config of one run (main.typed_config): the base config, the variant's overrides, the
+    seed and the run folder."""
     overrides = sweep['variants'][variant] or {}
     args = {key.removeprefix('args.'): value for key, value in overrides.items() if not key.startswith('model.')}
     model = {key[len('model.'):]: value for key, value in overrides.items() if key.startswith('model.')}
     args.update(seed=seed, output_dir=os.path.join(sweep['output_dir'], f'{variant}-seed{seed}'))
     try:
-        config = read_config(sweep['base'], train_main.TRAIN_OPTIONS, args, model)
-        check_model_config(config['model'])
+        return train_main.typed_config(read_config(sweep['base'], train_main.TRAIN_OPTIONS, args, model))
     except ConfigError as e:
         raise ConfigError(f'variant {variant}: {e}') from None
-    return config
 
 
 def finished(config):
@@ -118,8 +118,9 @@ def heldout_codes(model, data_root, settings):
 def likelihood(model, codes, labels, schedule, batch_size):
     """Mean NLL in bits per image (with its standard error over the images) and per scale of the held-out
     codes under a schedule."""
+    settings = SampleSettings(steps_per_scale=schedule)
     nats = torch.cat([code_log_likelihood(model, [c[i:i + batch_size] for c in codes],
-                                          labels[i:i + batch_size] if model.class_cond else None, schedule)
+                                          labels[i:i + batch_size] if model.class_cond else None, settings)
                       for i in range(0, len(labels), batch_size)])  # (N, scales)
     per_image = bits(-nats).sum(1)  # (N,)
     return {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule),
@@ -127,18 +128,23 @@ def likelihood(model, codes, labels, schedule, batch_size):
             'bits_per_scale': bits(-nats).mean(0).tolist()}
 
 
-def sample_quality(model, schedule, settings, data_root, probe, folder):
+def sweep_sample_settings(settings, schedule):
+    """The SampleSettings of the sweep's samples at one schedule."""
+    return SampleSettings(cfg=settings['cfg'], cfg_start_step=settings['cfg_start_step'],
+                          temperature=settings['temperature'], steps_per_scale=schedule)
+
+
+def measure_samples(model, schedule, settings, data_root, probe, folder):
     """Class consistency (with its standard error), probe Frechet distance and, where possible, FID / IS of
     num_samples class-balanced seeded samples drawn with a schedule."""
     n = settings['num_samples']
-    sample_kwargs = dict(cfg=settings['cfg'], cfg_start_step=settings['cfg_start_step'],
-                         temperature=settings['temperature'], steps_per_scale=schedule)
-    parts = list(draw_samples(model, list(range(n)), n, settings['seed'], settings['batch_size'], **sample_kwargs))
+    parts = list(draw_samples(model, sweep_sample_settings(settings, schedule), list(range(n)), n,
+                              settings['seed'], settings['batch_size']))
     images = np.concatenate([images for _, _, images in parts])  # (N, H, W, 3) uint8
     record = {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule)}
     if model.class_cond:
         labels = torch.cat([labels for _, labels, _ in parts])
-        report = evaluator.probe_report(probe, images, labels, data_root, model.seq_positions.device,
+        report = sample_quality.probe_report(probe, images, labels, data_root, model.seq_positions.device,
                                         seed=settings['seed'])
         p = report['class_consistency']
         record.update(class_consistency=p, class_consistency_se=math.sqrt(p * (1 - p) / n), frechet=report['frechet'])
@@ -147,14 +153,24 @@ def sample_quality(model, schedule, settings, data_root, probe, folder):
         os.makedirs(sample_dir, exist_ok=True)
         for i, image in enumerate(images):
             save_png(image, os.path.join(sample_dir, f'{i:06d}.png'))
-        record.update(evaluator.fidelity_metrics(sample_dir, os.path.join(data_root, 'eval_reference'),
+        record.update(sample_quality.fidelity_metrics(sample_dir, os.path.join(data_root, 'eval_reference'),
                                                  model.seq_positions.device, settings['inception_weights']))
     return record
 
 
 def training_record(config):
-    """What a run was trained with, as stored beside its figures (JSON types)."""
-    return json.loads(json.dumps({'model': config['model'], 'args': config['args']}))
+    """What a run was trained with (its resolved config), as stored beside its figures (JSON types)."""
+    return json.loads(json.dumps(train_main.config_record(config)))
+
+
+def stored_training(stored):
+    """The training record of stored figures with every model default filled in (records written before the
+    model config was resolved left defaults out)."""
+    training = stored.get('training') or {}
+    try:
+        return {**training, 'model': GeneratorConfig.from_dict(training.get('model') or {}).to_dict()}
+    except ConfigError:
+        return training
 
 
 def stored_evaluation(path, settings, config):
@@ -164,7 +180,7 @@ def stored_evaluation(path, settings, config):
         return None
     with open(path) as f:
         stored = json.load(f)
-    if stored.get('training') != training_record(config):
+    if stored_training(stored) != training_record(config):
         raise ConfigError(f'{path} holds the figures of a run trained with another config; delete it and the '
                           "run's output folder, or choose another results_dir")
     return stored if stored['settings'] == settings else None
@@ -178,7 +194,7 @@ def evaluate_run(config, settings, data_root, probe, device, path):
     result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
               'likelihood': [likelihood(model, codes, labels, s, settings['batch_size'])
                              for s in settings['likelihood_schedules']],
-              'samples': [sample_quality(model, s, settings, data_root, probe, folder)
+              'samples': [measure_samples(model, s, settings, data_root, probe, folder)
                           for s in settings['sample_schedules']]}
     with atomic_write(path, 'w') as f:
         json.dump(result, f, indent=1)
@@ -333,22 +349,25 @@ def write_results(results, sweep):
 def run_sweep(sweep, device):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
     first), rewriting the results after each; returns the aggregated table."""
-    configs = {f'{variant}-seed{seed}': run_config(sweep, variant, seed)
-               for seed in sweep['seeds'] for variant in sweep['variants']}
-    first = next(iter(configs.values()))
+    typed = {f'{variant}-seed{seed}': run_config(sweep, variant, seed)
+             for seed in sweep['seeds'] for variant in sweep['variants']}
+    first = next(iter(typed.values()))
     if first['args']['autoenc_train_config']:
         train_main.ensure_autoencoder(first)
     settings = sweep['evaluation']
-    for config in configs.values():  # every check before any training
-        data_root = train_main.validate(config)
-        sides = build_generator(config['model'], load_autoencoder_checkpoint=False).sides
+    configs, data_roots = {}, {}
+    for name, config in typed.items():  # every check before any training
+        configs[name], data_roots[name] = train_main.resolve_run(config)
+        sides = build_generator(configs[name]['model'], load_autoencoder_checkpoint=False).sides
         for schedule in settings['likelihood_schedules'] + settings['sample_schedules']:
-            schedule_block_sizes(sides, schedule)
-    probe = None
-    if first['model'].get('class_cond') and settings['sample_schedules']:
-        probe = evaluator.train_probe(data_root, min(first['model']['img_size'], 64), device,
-                                      os.path.join(sweep['output_dir'], 'class_probe.pth'),
-                                      seed=settings['seed'], epochs=settings['probe_epochs'])
+            sweep_sample_settings(settings, schedule).check(sides, device)
+    probes = {}
+    if first['model'].class_cond and settings['sample_schedules']:
+        for root in dict.fromkeys(data_roots.values()):  # one probe per dataset, the first one's in output_dir
+            name = 'class_probe.pth' if not probes else f'class_probe-{len(probes)}.pth'
+            probes[root] = sample_quality.train_probe(root, min(first['model'].img_size, 64), device,
+                                                      os.path.join(sweep['output_dir'], name),
+                                                      seed=settings['seed'], epochs=settings['probe_epochs'])
     results = {}
     for name, config in configs.items():
         path = os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
@@ -362,7 +381,7 @@ def run_sweep(sweep, device):
             print(f'{name}: training into {config["args"]["output_dir"]}')
             train_main.train(config)
         print(f'{name}: evaluating')
-        results[name] = evaluate_run(config, settings, data_root, probe, device, path)
+        results[name] = evaluate_run(config, settings, data_roots[name], probes.get(data_roots[name]), device, path)
         write_results(results, sweep)
     return write_results(results, sweep)
 
@@ -374,7 +393,7 @@ def main(argv=None):
     parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    with exit_on_error((ConfigError, CheckpointError, ValueError, FileNotFoundError)):
+    with exit_on_error():
         run_sweep(read_sweep(args.config), device)
 
 

@@ -22,6 +22,8 @@ import uuid
 import numpy as np
 from PIL import Image, ImageDraw
 
+from util.errors import DataError
+
 MANIFEST = 'manifest.json'
 GENERATOR_VERSION = 2  # bump when the drawing code changes, so old trees are refused instead of mixed
 SUPERSAMPLE = 4
@@ -32,7 +34,7 @@ BUILTIN_DATASETS = {
     'shapes32': dict(FULL_VARIATION, size=32, train_per_class=1000, val_per_class=100),
     'shapes32-small': dict(FULL_VARIATION, size=32, train_per_class=300, val_per_class=100),
     'shapes64': dict(FULL_VARIATION, size=64, train_per_class=1000, val_per_class=100),
-    # the 15-minute CPU demo: upright shapes of at least 0.3 x 16 px radius on black, for a 4x4 top token grid
+    # the CPU demo (configs/demo.yaml): upright shapes of at least 0.3 x 16 px radius on black, for a 4x4 top token grid
     'shapes16-simple': dict(FULL_VARIATION, size=16, train_per_class=300, val_per_class=100, rotation=0,
                             background='black', radius=[0.3, 0.4]),
 }
@@ -146,19 +148,19 @@ def draw_shape_image(class_name, size, rng, rotation=360, background='varied', r
 def builtin_params(name, **overrides):
     """Generation parameters of a built-in dataset: the registry entry updated with overrides."""
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f'unknown built-in dataset {name!r}; built-in names: {", ".join(BUILTIN_DATASETS)}')
+        raise DataError(f'unknown built-in dataset {name!r}; built-in names: {", ".join(BUILTIN_DATASETS)}')
     params = dict(BUILTIN_DATASETS[name])
     unknown = set(overrides) - set(params)
     if unknown:
-        raise ValueError(f'unknown built-in dataset parameter(s) {sorted(unknown)}; allowed: {sorted(params)}')
+        raise DataError(f'unknown built-in dataset parameter(s) {sorted(unknown)}; allowed: {sorted(params)}')
     params.update(overrides)
     if params['background'] not in BACKGROUNDS:
-        raise ValueError(f'built-in dataset background {params["background"]!r} is not one of {BACKGROUNDS}')
+        raise DataError(f'built-in dataset background {params["background"]!r} is not one of {BACKGROUNDS}')
     low, high = params['radius']
     if not 0 < low <= high <= 0.5:
-        raise ValueError(f'built-in dataset radius range {params["radius"]!r} is not within (0, 0.5] of the size')
+        raise DataError(f'built-in dataset radius range {params["radius"]!r} is not within (0, 0.5] of the size')
     if not 0 <= params['rotation'] <= 360:
-        raise ValueError(f'built-in dataset rotation {params["rotation"]!r} is not in [0, 360] degrees')
+        raise DataError(f'built-in dataset rotation {params["rotation"]!r} is not in [0, 360] degrees')
     return dict(name=name, **params, classes=CLASSES, generator_version=GENERATOR_VERSION)
 
 
@@ -183,7 +185,7 @@ def _check_manifest(root, params):
     if found != params:
         diff = {k: (found.get(k), params.get(k)) for k in sorted(set(found) | set(params))
                 if found.get(k) != params.get(k)}
-        raise ValueError(f'{root} holds built-in dataset {found.get("name")!r} generated with other parameters '
+        raise DataError(f'{root} holds built-in dataset {found.get("name")!r} generated with other parameters '
                          f'(found, wanted): {diff}; delete it or use another folder')
 
 
@@ -192,7 +194,7 @@ def ensure_builtin_dataset(root, name='shapes32', **overrides):
 
     overrides: any of the registry entry's keys (size, train_per_class, val_per_class, seed, rotation,
     background, radius).
-    Same parameters: no-op. Other parameters in root, or a non-empty root without manifest: ValueError.
+    Same parameters: no-op. Other parameters in root, or a non-empty root without manifest: DataError.
     Safe to call from several processes at once (each writes its own temporary tree; one rename wins).
     """
     root = os.fspath(root)
@@ -201,7 +203,7 @@ def ensure_builtin_dataset(root, name='shapes32', **overrides):
         _check_manifest(root, params)
         return root
     if os.path.isdir(root) and os.listdir(root):
-        raise ValueError(f'{root} is not empty and has no {MANIFEST}, so it is not a built-in dataset; '
+        raise DataError(f'{root} is not empty and has no {MANIFEST}, so it is not a built-in dataset; '
                          f'delete it or use another folder')
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
@@ -228,5 +230,5 @@ def resolve_data_path(data_path, cache_root):
         return data_path
     if data_path in BUILTIN_DATASETS:
         return ensure_builtin_dataset(os.path.join(cache_root, data_path), data_path)
-    raise ValueError(f'data_path {data_path!r} is neither an existing folder nor a built-in dataset '
+    raise DataError(f'data_path {data_path!r} is neither an existing folder nor a built-in dataset '
                      f'(built-in names: {", ".join(BUILTIN_DATASETS)})')

@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from data.transforms import TenCropView, center_crop_arr, view_index
+from util.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +30,21 @@ LAYOUT = '<root>/<split>/<class name>/*.{JPEG,jpg,jpeg,png}'
 PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class BadImagesError(ValueError):
+class BadImagesError(DataError):
     """Too many unreadable images in a dataset folder."""
 
 
 def scan_image_folder(root, split='train'):
-    """(classes sorted by name, [(path, label)]) for root/split; a ValueError naming the layout if unusable."""
+    """(classes sorted by name, [(path, label)]) for root/split; a DataError naming the layout if unusable."""
     folder = os.path.join(root, split)
     for path in (root, folder):
         if not os.path.isdir(path):
-            raise ValueError(f'data folder not found: {path} (expected the layout {LAYOUT})')
+            raise DataError(f'data folder not found: {path} (expected the layout {LAYOUT})')
     try:
         classes, class_to_idx = find_classes(folder)
         samples = make_dataset(folder, class_to_idx, extensions=EXTENSIONS)
     except FileNotFoundError as e:
-        raise ValueError(f'no usable images in {folder}: {e} (expected the layout {LAYOUT})') from None
+        raise DataError(f'no usable images in {folder}: {e} (expected the layout {LAYOUT})') from None
     return classes, samples
 
 

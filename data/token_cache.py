@@ -21,6 +21,7 @@ from numpy.lib.format import open_memmap
 
 from data.transforms import NUM_VIEWS, view_index
 from util.atomic import atomic_write
+from util.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MANIFEST = 'manifest.json'
 LABELS = 'labels.npy'
 
 
-class TokenCacheMismatch(ValueError):
+class TokenCacheMismatch(DataError):
     """A token cache on disk that does not hold what the caller needs."""
 
 

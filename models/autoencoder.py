@@ -8,15 +8,11 @@ import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 import yaml
 
+from models.autoencoder_config import AutoencoderConfig
 from models.vq_layers import Decoder, Encoder
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, unwrap_state_dict
+from util.config import ConfigError
 
-DDCONFIG_DEFAULTS = dict(ch=128, ch_mult=[1, 1, 2, 2, 4], z_channels=256, num_res_blocks=2, dropout=0.0,
-                         in_channels=3, out_channels=3)
-# ddconfig keys of the LlamaGen/LDM schema that do not change this architecture (value checked if given)
-DDCONFIG_FIXED = dict(norm_type='group', resamp_with_conv=True)
-DDCONFIG_IGNORED = ('resolution',)
-ARCH_PARAMS = ('ddconfig', 'n_embed', 'embed_dim', 'normalize', 'requant_pyramid_levels', 'resolution')
 # buffers of published/LlamaGen checkpoints that carry no weights of this model
 IGNORED_KEYS = ('quantize.codebook_used',)
 
@@ -46,24 +42,21 @@ class Quantizer(nn.Module):
 
 
 class VQAutoencoder(nn.Module):
-    """Encoder, decoder and shared codebook; the stride f is 2^(len(ch_mult)-1)."""
+    """Encoder, decoder and shared codebook of an AutoencoderConfig; the stride f is 2^(len(ch_mult)-1)."""
 
-    def __init__(self, ddconfig, n_embed, embed_dim, normalize=False, requant_pyramid_levels=-1, resolution=256):
+    def __init__(self, config: AutoencoderConfig):
         super().__init__()
-        dd = {**DDCONFIG_DEFAULTS, **ddconfig}
-        arch = dict(ch=dd['ch'], ch_mult=dd['ch_mult'], z_channels=dd['z_channels'],
-                    num_res_blocks=dd['num_res_blocks'], dropout=dd['dropout'])
-        self.encoder = Encoder(**arch, in_channels=dd['in_channels'])
-        self.decoder = Decoder(**arch, out_channels=dd['out_channels'])
-        self.quant_conv = nn.Conv2d(dd['z_channels'], embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, dd['z_channels'], 1)
-        self.quantize = Quantizer(n_embed, embed_dim, normalize)
-        self.register_buffer('cluster_usage_train', torch.zeros(n_embed))
-        self.n_embed, self.embed_dim, self.normalize = n_embed, embed_dim, normalize
-        self.in_channels = dd['in_channels']
-        self.stride = 2 ** (len(dd['ch_mult']) - 1)
-        self.requant_pyramid_levels = requant_pyramid_levels
-        self.resolution = resolution
+        c = self.config = config
+        arch = dict(ch=c.ch, ch_mult=c.ch_mult, z_channels=c.z_channels, num_res_blocks=c.num_res_blocks,
+                    dropout=c.dropout)
+        self.encoder = Encoder(**arch, in_channels=c.in_channels)
+        self.decoder = Decoder(**arch, out_channels=c.out_channels)
+        self.quant_conv = nn.Conv2d(c.z_channels, c.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
+        self.quantize = Quantizer(c.n_embed, c.embed_dim, c.normalize)
+        self.register_buffer('cluster_usage_train', torch.zeros(c.n_embed))
+        self.n_embed, self.embed_dim, self.normalize = c.n_embed, c.embed_dim, c.normalize
+        self.in_channels, self.stride, self.resolution = c.in_channels, c.stride, c.resolution
 
     def _unit(self, z):
         return F.normalize(z, p=2, dim=1) if self.normalize else z
@@ -108,51 +101,31 @@ class VQAutoencoder(nn.Module):
             return latents
         return self._unit(F.interpolate(latents, size=(side, side), mode='bilinear', align_corners=False))
 
+    def pyramid_image(self, images, side):
+        """The image that pyramid side codes: images (B, 3, H, W) bilinearly resized (align_corners=False, no
+        antialias) to side * f pixels, or as they are when already that size."""
+        if images.shape[-2:] == (side * self.stride,) * 2:
+            return images
+        return F.interpolate(images, size=(side * self.stride,) * 2, mode='bilinear', align_corners=False)
+
     def pyramid_codes(self, images, sides):
         """Quantization pyramid: codes (B, s, s) for each s in sides; the top side codes the image itself,
-        smaller sides code the image bilinearly resized to s*f (not a residual pyramid)."""
-        top = max(sides)
-        self.check_images(images, top)
-        codes = []
-        for s in sides:
-            x = images if s == top else F.interpolate(images, size=(s * self.stride,) * 2, mode='bilinear',
-                                                      align_corners=False)
-            codes.append(self.quantize_latents(self.encode(x)))
-        return codes
+        smaller sides code the image resized to s*f (pyramid_image; not a residual pyramid)."""
+        self.check_images(images, max(sides))
+        return [self.quantize_latents(self.encode(self.pyramid_image(images, s))) for s in sides]
 
 
-def read_autoencoder_config(config_path):
-    """The parsed published autoencoder_config.yaml (a dict with `model: params:`)."""
+def read_autoencoder_config(config_path, overrides=None):
+    """The AutoencoderConfig of a published autoencoder_config.yaml (`model: params:`), with `params`
+    overrides; ConfigError naming the file when it is missing or unusable."""
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f'autoencoder config not found: {config_path}')
+        raise ConfigError(f'autoencoder config not found: {config_path} (see pretrained_models/README.md)')
     with open(config_path) as f:
-        return yaml.safe_load(f)
-
-
-def autoencoder_kwargs(config, source, overrides=None):
-    """`model.params` of a published autoencoder config (with overrides) -> VQAutoencoder kwargs.
-
-    The `target` class path is read, never imported. Training-only params are left out; source names
-    where the config came from in error messages."""
-    params = config.get('model', {}).get('params') if isinstance(config, dict) else None
-    if not isinstance(params, dict):
-        raise ValueError(f'{source}: expected a `model: params:` section (published autoencoder schema)')
-    params = {**params, **(overrides or {})}
-    for key in ('n_embed', 'embed_dim'):
-        if key not in params:
-            raise ValueError(f'{source}: model.params.{key} is required')
-    ddconfig = dict(params.get('ddconfig') or {})
-    for key, value in DDCONFIG_FIXED.items():
-        if ddconfig.pop(key, value) != value:
-            raise ValueError(f'{source}: ddconfig.{key} must be {value!r} for this autoencoder')
-    for key in DDCONFIG_IGNORED:
-        ddconfig.pop(key, None)
-    unknown = sorted(set(ddconfig) - set(DDCONFIG_DEFAULTS))
-    if unknown:
-        raise ValueError(f'{source}: unknown ddconfig keys {unknown}; known: {sorted(DDCONFIG_DEFAULTS)}')
-    kwargs = {k: params[k] for k in ARCH_PARAMS if k in params}
-    kwargs['ddconfig'] = ddconfig
-    return kwargs
+        try:
+            published = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f'{config_path}: not valid YAML ({str(e).splitlines()[0]})') from None
+    return AutoencoderConfig.from_published(published, config_path, overrides)
 
 
 def load_autoencoder(config_path, checkpoint_path=None, device='cpu', params=None, allow_unsafe=False):
@@ -160,7 +133,7 @@ def load_autoencoder(config_path, checkpoint_path=None, device='cpu', params=Non
 
     Checkpoints: a plain state dict, {'state_dict': ...} or {'model': ...}, keys with or without `autoenc.`;
     LlamaGen's un-normalized `quantize.embedding.weight` loads into a normalized model's raw table."""
-    model = VQAutoencoder(**autoencoder_kwargs(read_autoencoder_config(config_path), config_path, params))
+    model = VQAutoencoder(read_autoencoder_config(config_path, params))
     if checkpoint_path is not None:
         load_autoencoder_weights(model, checkpoint_path, allow_unsafe=allow_unsafe)
     return model.to(device).eval()

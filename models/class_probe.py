@@ -39,7 +39,7 @@ class ClassProbe(nn.Module):
         self.classes = list(classes)
         self.image_size = image_size
         self.width = width
-        self.val_accuracy = None  # set by train_probe and load_probe
+        self.val_accuracy = None  # set by fit_probe and load_probe
         self.stages = nn.Sequential(
             _block(3, width, 2), _block(width, 2 * width, 2), _block(2 * width, 4 * width, 2),
             _block(4 * width, 4 * width, 1),
@@ -119,7 +119,7 @@ def feature_frechet(feats_a, feats_b):
 
 
 def load_probe(path, device, classes=None, image_size=None):
-    """A ClassProbe from a train_probe checkpoint (weights_only), in eval mode on device.
+    """A ClassProbe from a save_probe checkpoint (weights_only), in eval mode on device.
 
     With classes / image_size given, a checkpoint trained for others is a CheckpointError naming both.
     """

@@ -34,11 +34,13 @@ def known_pyramid(model, images, keep):
     return codes, [cell_mask(keep, side) for side in model.sides]
 
 
-def edit(model, images, keep, labels=None, **sample_kwargs):
-    """Sample with the known region of images (B, 3, H, W) in [-1, 1] kept; keep (B, H, W) bool. labels (B,)
-    for a class-conditional model (the class of the new content); sample_kwargs go to model.sample."""
+def edit(model, images, keep, settings, labels=None, **sample_kwargs):
+    """Sample with SampleSettings, the known region of images (B, 3, H, W) in [-1, 1] kept; keep (B, H, W)
+    bool. labels (B,) for a class-conditional model (the class of the new content); sample_kwargs (seeds,
+    decode) go to model.sample."""
     if images.shape[-2:] != (model.img_size, model.img_size) or keep.shape != (len(images), *images.shape[-2:]):
         raise ValueError(f'edit: images must be (B, 3, {model.img_size}, {model.img_size}) with a (B, '
                          f'{model.img_size}, {model.img_size}) mask, got {tuple(images.shape)} and {tuple(keep.shape)}')
     codes, masks = known_pyramid(model, images, keep)
-    return model.sample(labels=labels, batch_size=len(images), known_codes=codes, known_mask=masks, **sample_kwargs)
+    return model.sample(settings, labels=labels, batch_size=len(images), known_codes=codes, known_mask=masks,
+                        **sample_kwargs)

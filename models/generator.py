@@ -4,10 +4,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.checkerboard import (SCAN_ORDERS, block_layout, random_block_size, scale_sizes, scan_ranks,
-                                 schedule_block_sizes)
+from models.checkerboard import block_layout, random_block_size, scale_sizes, scan_ranks, schedule_block_sizes
+from models.generator_config import GeneratorConfig
 from models.sampler import sample
 from models.transformer import Transformer
+from util.config import ConfigError
 
 
 class CodeMLP(nn.Module):
@@ -52,42 +53,42 @@ class CheckerboardGenerator(nn.Module):
     Sequence: [class token] + every scale ascending, each scale's tokens in scan-rank order. The token of
     rank r asks for position r and carries the code of rank r - b (b = block size)."""
 
-    def __init__(self, autoenc, img_size, llama_config, class_cond=False, num_classes=0, scale_ratio=2,
-                 scale_min_size=1, num_blocks_per_scale=8, uncond_training_prob=0.1, random_block_size=False,
-                 random_replace=0.0, random_replace_sampled=False, use_head_mlp=True, num_mixing_layers=2,
-                 scan_order='checkerboard', head_weights_l2_loss=1e-3):
+    def __init__(self, autoenc, config: GeneratorConfig):
         super().__init__()
-        if class_cond != (num_classes > 0):
-            raise ValueError(f'class_cond={class_cond} needs num_classes {"> 0" if class_cond else "= 0"}, '
-                             f'got {num_classes}')
-        if scan_order not in SCAN_ORDERS:
-            raise ValueError(f'scan_order must be one of {SCAN_ORDERS}, got {scan_order!r}')
+        c = self.config = config
+        if c.class_cond and not c.num_classes:
+            raise ConfigError('model.class_cond is true but model.num_classes is not set (the training data or '
+                              'the checkpoint fills it)')
         self.autoenc = autoenc.eval().requires_grad_(False)
-        self.img_size, self.class_cond, self.num_classes = img_size, class_cond, num_classes
-        self.num_blocks_per_scale, self.uncond_training_prob = num_blocks_per_scale, uncond_training_prob
-        self.random_block_size, self.random_replace = random_block_size, random_replace
-        self.random_replace_sampled, self.head_weights_l2_loss = random_replace_sampled, head_weights_l2_loss
-        self.scan_order = scan_order
-        self.sides = scale_sizes(img_size, autoenc.stride, scale_ratio, scale_min_size)
+        self.img_size, self.class_cond, self.num_classes = c.img_size, c.class_cond, c.num_classes
+        self.num_blocks_per_scale, self.uncond_training_prob = c.num_blocks_per_scale, c.uncond_training_prob
+        self.random_block_size, self.random_replace = c.random_block_size, c.random_replace
+        self.random_replace_sampled, self.head_weights_l2_loss = c.random_replace_sampled, c.head_weights_l2_loss
+        self.scan_order = c.scan_order
+        try:
+            self.sides = scale_sizes(c.img_size, autoenc.stride, c.scale_ratio, c.scale_min_size)
+        except ValueError as e:
+            raise ConfigError(f'model: {e}') from None
+        if c.one_scale:
+            self.sides = self.sides[-1:]
         self.offsets = [sum(s * s for s in self.sides[:i]) for i in range(len(self.sides))]
         self.num_positions = sum(s * s for s in self.sides)
         # rank_cells[i][r] = grid cell (y * s + x) of rank r at scale i; seq_positions: global id per token
-        rank_cells = [torch.argsort(scan_ranks(s, scan_order).reshape(-1)) for s in self.sides]
+        rank_cells = [torch.argsort(scan_ranks(s, c.scan_order).reshape(-1)) for s in self.sides]
         self.register_buffer('seq_positions', torch.cat([o + c for o, c in zip(self.offsets, rank_cells)]),
                              persistent=False)
 
-        dim = llama_config['hidden_size']
-        self.llama = Transformer(self.sides, class_cond=class_cond, num_mixing_layers=num_mixing_layers,
-                                 **llama_config)
-        if class_cond:
-            self.class_embeddings = nn.Embedding(num_classes + 1, dim)
+        dim = c.llama_config.hidden_size
+        self.llama = Transformer(self.sides, c.llama_config, c.class_cond, c.num_mixing_layers)
+        if c.class_cond:
+            self.class_embeddings = nn.Embedding(c.num_classes + 1, dim)
         self.embed_positions = nn.Embedding(self.num_positions, dim)
         self.embed_codevecs_mlp = CodeMLP(autoenc.embed_dim, dim)
         self.src_latents_proj = nn.Linear(dim, dim)
         self.combine_inputs = nn.Linear(4 * dim, dim)
         self.empty_token_emb = nn.Parameter(torch.zeros(dim))
         self.empty_token_pos = nn.Parameter(torch.zeros(dim))
-        self.head_mlp = CodeMLP(autoenc.embed_dim, dim, last_bias=False) if use_head_mlp else None
+        self.head_mlp = CodeMLP(autoenc.embed_dim, dim, last_bias=False) if c.use_head_mlp else None
         self.lm_head = nn.Linear(dim, autoenc.n_embed)
         nn.init.zeros_(self.lm_head.weight)
         nn.init.zeros_(self.lm_head.bias)
@@ -263,6 +264,6 @@ class CheckerboardGenerator(nn.Module):
                 stats[f'acc_s{side}'] = correct[:, self.scale_slice(i)].mean()
         return loss, stats
 
-    def sample(self, **kwargs):
-        """Draw images; see models.sampler.sample for the arguments."""
-        return sample(self, **kwargs)
+    def sample(self, settings, **kwargs):
+        """Draw images with SampleSettings; see models.sampler.sample for the other arguments."""
+        return sample(self, settings, **kwargs)

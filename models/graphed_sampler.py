@@ -8,33 +8,27 @@ same labels and seeds (tests/test_generator.py on a CPU, tests/gpu_check.py on a
 """
 import torch
 
-from models.checkerboard import schedule_block_sizes
-from models.sampler import (SampleOutput, check_labels, check_settings, decode_scales, draw_pyramid,
-                            sample_uniforms)
+from models.sample_settings import SampleSettings
+from models.sampler import SampleOutput, check_labels, decode_scales, draw_pyramid, sample_uniforms
 
 WARMUP_RUNS = 2  # eager runs on a side stream before capture, as CUDA graphs need
 
 
 class GraphedSampler:
-    """Samples batches of batch_size with one set of settings (the arguments of models.sampler.sample);
-    call it with labels (or nothing, unconditional) and one seed per sample."""
+    """Samples batches of batch_size with one SampleSettings; call it with labels (or nothing, unconditional)
+    and one seed per sample."""
 
-    def __init__(self, model, batch_size, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0, top_k=0,
-                 top_p=1.0, precision='fp32'):
-        check_settings(temperature, top_k, top_p, precision)
-        self.model, self.batch_size = model, batch_size
-        self.schedule = schedule_block_sizes(model.sides, steps_per_scale)
-        self.settings = dict(cfg=cfg, cfg_start_step=cfg_start_step, temperature=temperature, top_k=top_k,
-                             top_p=top_p, precision=precision)
+    def __init__(self, model, batch_size, settings: SampleSettings):
         device = model.seq_positions.device
+        settings.check(model.sides, device)
+        self.model, self.batch_size, self.settings = model, batch_size, settings
         self.labels = torch.zeros(batch_size, dtype=torch.long, device=device) if model.class_cond else None
         self.uniforms = torch.zeros(batch_size, model.num_positions, device=device)
         self.graph, self.output = None, None
 
     def steps(self):
         """The sampling steps on the static buffers."""
-        return draw_pyramid(self.model, self.labels, self.uniforms, self.schedule, **self.settings,
-                            autocast_cache=False)
+        return draw_pyramid(self.model, self.labels, self.uniforms, self.settings, autocast_cache=False)
 
     def capture(self):
         """Warm up on a side stream, then capture the steps into a CUDA graph (its outputs stay static)."""
@@ -56,12 +50,14 @@ class GraphedSampler:
         if labels is not None:
             self.labels.copy_(labels)
         self.uniforms.copy_(sample_uniforms(seeds, self.model.num_positions, self.uniforms.device))
-        if self.uniforms.device.type != 'cuda':
-            return decode_scales(self.model, self.steps(), decode)
-        if self.graph is None:
-            self.capture()
-        self.graph.replay()
-        out = SampleOutput(codes=[c.clone() for c in self.output.codes], images=[],
-                           maps={k: [m.clone() for m in v] for k, v in self.output.maps.items()},
+        if self.uniforms.device.type == 'cuda':
+            if self.graph is None:
+                self.capture()
+            self.graph.replay()
+            drawn = self.output  # the graph's static outputs: copied below, the next replay overwrites them
+        else:
+            drawn = self.steps()
+        out = SampleOutput(codes=[c.clone() for c in drawn.codes], images=[],
+                           maps={k: [m.clone() for m in v] for k, v in drawn.maps.items()},
                            labels=None if labels is None else labels.clone())
         return decode_scales(self.model, out, decode)

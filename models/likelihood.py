@@ -11,18 +11,25 @@ import math
 
 import torch
 
+from models.sample_settings import SampleSettings
 from util.precision import autocast
 
 
 @torch.no_grad()
-def code_log_likelihood(model, codes, labels, schedule, precision='fp32'):
+def code_log_likelihood(model, codes, labels, settings: SampleSettings):
     """(B, number of scales) log-likelihood in nats of each scale's codes [(B, s, s)] with labels (B,) (None
-    for an unconditional model) under the sampling distribution of schedule (an int or one int per scale)."""
+    for an unconditional model) under the sampling distribution of the settings' schedule, in their precision.
+    The distribution is the plain one: settings with guidance, a temperature other than 1, top-k or top-p are
+    a ValueError."""
+    plain = SampleSettings(steps_per_scale=settings.steps_per_scale, precision=settings.precision)
+    if settings != plain:
+        raise ValueError(f'the likelihood is that of unguided sampling at temperature 1 without top-k / top-p; got '
+                         f'{settings.describe()}')
     training = model.training
     model.eval()
     try:
-        with autocast(codes[0].device, precision):
-            logits, targets = model.teacher_forced_logits(codes, labels, schedule)  # (B, P, V), (B, P)
+        with autocast(codes[0].device, settings.precision):
+            logits, targets = model.teacher_forced_logits(codes, labels, settings.steps_per_scale)  # (B, P, V), (B, P)
     finally:
         model.train(training)
     logp = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # (B, P)

@@ -3,19 +3,12 @@ import os
 
 import yaml
 
-from models.autoencoder import (VQAutoencoder, autoencoder_kwargs, load_autoencoder_weights,
-                                read_autoencoder_config)
+from models.autoencoder import VQAutoencoder, load_autoencoder_weights, read_autoencoder_config
+from models.autoencoder_config import AutoencoderConfig
 from models.generator import CheckerboardGenerator
+from models.generator_config import GeneratorConfig
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
-from util.config import ConfigError, check_keys
-
-MODEL_DEFAULTS = dict(scale_ratio=2, scale_min_size=1, class_cond=False, num_classes=0, num_blocks_per_scale=8,
-                      uncond_training_prob=0.1, random_block_size=False, random_replace=0.0,
-                      random_replace_sampled=False, use_head_mlp=True, num_mixing_layers=2,
-                      scan_order='checkerboard', head_weights_l2_loss=1e-3)
-REQUIRED = ('img_size', 'autoenc', 'llama_config')
-LLAMA_KEYS = ('hidden_size', 'intermediate_size', 'num_attention_heads', 'num_hidden_layers', 'rms_norm_eps')
-AUTOENC_KEYS = ('config_path', 'checkpoint_path', 'params')
+from util.config import ConfigError
 
 
 def resolve_path(path, checkpoint_path=None):
@@ -30,38 +23,27 @@ def resolve_path(path, checkpoint_path=None):
     return path
 
 
-def check_model_config(model_cfg):
-    """ConfigError (a ValueError) for an unknown or missing key of a `model:` section."""
-    check_keys(model_cfg, list(MODEL_DEFAULTS) + list(REQUIRED), 'model')
-    for key in REQUIRED:
-        if key not in model_cfg:
-            raise ConfigError(f"missing key 'model.{key}'")
-    check_keys(model_cfg['llama_config'], LLAMA_KEYS, 'model.llama_config')
-    check_keys(model_cfg['autoenc'], AUTOENC_KEYS, 'model.autoenc')
+def build_generator(config: GeneratorConfig, autoenc_config: AutoencoderConfig = None,
+                    load_autoencoder_checkpoint=True, checkpoint_path=None, device='cpu'):
+    """A CheckerboardGenerator of a GeneratorConfig, on its frozen autoencoder.
 
-
-def build_generator(model_cfg, autoenc_config=None, load_autoencoder_checkpoint=True, checkpoint_path=None,
-                    device='cpu'):
-    """A CheckerboardGenerator from the `model:` section of a config.
-
-    autoenc_config: the parsed autoencoder yaml (else read from autoenc.config_path). The autoencoder's
-    weights come from autoenc.checkpoint_path when load_autoencoder_checkpoint."""
-    check_model_config(model_cfg)
-    ae_cfg = model_cfg['autoenc']
+    autoenc_config: the autoencoder's architecture (default: read from model.autoenc.config_path). Its weights
+    come from model.autoenc.checkpoint_path when load_autoencoder_checkpoint. checkpoint_path: the generator
+    checkpoint the config came from (its folder is searched first for the autoencoder's files)."""
+    files = config.autoenc
     if autoenc_config is None:
-        config_path = resolve_path(ae_cfg.get('config_path'), checkpoint_path)
-        if config_path is None:
-            raise ValueError("missing key 'model.autoenc.config_path'")
-        autoenc_config = read_autoencoder_config(config_path)
-    autoenc = VQAutoencoder(**autoencoder_kwargs(autoenc_config, ae_cfg.get('config_path'), ae_cfg.get('params')))
+        path = resolve_path(files.config_path, checkpoint_path)
+        if path is None:
+            raise ConfigError("missing key 'model.autoenc.config_path' (the autoencoder's architecture config)")
+        autoenc_config = read_autoencoder_config(path, files.params)
+    autoenc = VQAutoencoder(autoenc_config)
     if load_autoencoder_checkpoint:
-        weights = resolve_path(ae_cfg.get('checkpoint_path'), checkpoint_path)
+        weights = resolve_path(files.checkpoint_path, checkpoint_path)
         if weights is None or not os.path.isfile(weights):
-            raise FileNotFoundError(f'autoencoder checkpoint not found: {weights} (model.autoenc.checkpoint_path; '
-                                    'see pretrained_models/README.md)')
+            raise ConfigError(f'autoencoder checkpoint not found: {weights} (model.autoenc.checkpoint_path; '
+                              'see pretrained_models/README.md)')
         load_autoencoder_weights(autoenc, weights)
-    kwargs = {**MODEL_DEFAULTS, **{k: v for k, v in model_cfg.items() if k != 'autoenc'}}
-    return CheckerboardGenerator(autoenc, **kwargs).to(device)
+    return CheckerboardGenerator(autoenc, config).to(device)
 
 
 def checkpoint_config(checkpoint, checkpoint_path):
@@ -75,20 +57,32 @@ def checkpoint_config(checkpoint, checkpoint_path):
         return yaml.safe_load(f)
 
 
+def checkpoint_model_config(checkpoint, checkpoint_path, state):
+    """The GeneratorConfig of a checkpoint; num_classes, when the config leaves it out (published), from the
+    class embeddings in state. A config that does not fit is a CheckpointError naming the file."""
+    model = dict(checkpoint_config(checkpoint, checkpoint_path).get('model') or {})
+    if model.get('class_cond') and not model.get('num_classes') and 'class_embeddings.weight' in state:
+        model['num_classes'] = state['class_embeddings.weight'].shape[0] - 1
+    try:
+        return GeneratorConfig.from_dict(model)
+    except ConfigError as e:
+        raise CheckpointError(f'{checkpoint_path}: its model config does not fit this code: {e}') from None
+
+
 def load_generator(checkpoint_path, use_ema=False, device='cpu', allow_unsafe=False):
     """Load a published or project checkpoint (config inside or beside it); returns the model in eval mode."""
     checkpoint = load_checkpoint(checkpoint_path, allow_unsafe)
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
         raise CheckpointError(f"{checkpoint_path}: not a generator checkpoint (no 'model' entry)")
-    config = checkpoint_config(checkpoint, checkpoint_path)
-    model_cfg = dict(config['model'])
     key = 'model_ema' if use_ema else 'model'
     state = checkpoint.get(key)
     if state is None:
         raise CheckpointError(f"{checkpoint_path}: no '{key}' weights in this checkpoint")
-    if model_cfg.get('class_cond') and 'num_classes' not in model_cfg and 'class_embeddings.weight' in state:
-        model_cfg['num_classes'] = state['class_embeddings.weight'].shape[0] - 1
-    model = build_generator(model_cfg, checkpoint.get('autoenc_config'), load_autoencoder_checkpoint=False,
+    config = checkpoint_model_config(checkpoint, checkpoint_path, state)
+    autoenc_config = checkpoint.get('autoenc_config')  # the published schema, stored by this project's trainer
+    if autoenc_config is not None:
+        autoenc_config = AutoencoderConfig.from_published(autoenc_config, checkpoint_path, config.autoenc.params)
+    model = build_generator(config, autoenc_config, load_autoencoder_checkpoint=False,
                             checkpoint_path=checkpoint_path)
     load_matching_state_dict(model, dict(state), checkpoint_path)
     model.autoenc.quantize.initialized.fill_(True)

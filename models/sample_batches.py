@@ -32,13 +32,13 @@ def decode_each(model, codes):
     return np.concatenate([to_uint8(model.autoenc.decode(model.autoenc.codes_to_latents(c[None]))) for c in codes])
 
 
-def draw_samples(model, indices, num_samples, base_seed, batch_size, **sample_kwargs):
+def draw_samples(model, settings, indices, num_samples, base_seed, batch_size):
     """Yield (indices, labels (n,) or None, uint8 images (n, H, W, 3)) for the given sample indices of an
-    N-sample set, batch_size at a time; sample_kwargs go to model.sample (cfg, steps_per_scale, ...)."""
+    N-sample set drawn with SampleSettings, batch_size at a time."""
     all_labels = balanced_labels(num_samples, model.num_classes) if model.class_cond else None
     for start in range(0, len(indices), batch_size):
         part = list(indices[start:start + batch_size])
         labels = None if all_labels is None else all_labels[part]
-        out = model.sample(labels=labels, batch_size=len(part), seeds=sample_seeds(base_seed, part), decode='none',
-                           **sample_kwargs)
+        out = model.sample(settings, labels=labels, batch_size=len(part), seeds=sample_seeds(base_seed, part),
+                           decode='none')
         yield part, labels, decode_each(model, out.codes[-1])

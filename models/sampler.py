@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import torch
 
 from models.checkerboard import schedule_block_sizes
-from util.precision import DTYPES as PRECISIONS, autocast
+from models.sample_settings import SampleSettings
+from util.precision import AUTOCAST_DTYPES, autocast
 
 
 @dataclass
@@ -94,13 +95,6 @@ def check_labels(model, labels, batch_size):
     return None, batch_size
 
 
-def check_settings(temperature, top_k, top_p, precision):
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f'need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
-
-
 def sample_uniforms(seeds, num_positions, device):
     """(B, P) uniforms: sample b's P draws, in sequence order, from a generator seeded with seeds[b]."""
     return torch.stack([torch.rand(num_positions, generator=torch.Generator(device).manual_seed(int(s)),
@@ -116,57 +110,50 @@ def decode_scales(model, out, decode):
 
 
 @torch.no_grad()
-def sample(model, labels=None, batch_size=None, cfg=0.0, cfg_start_step=0, steps_per_scale=4, temperature=1.0,
-           top_k=0, top_p=1.0, seeds=None, precision='fp32', decode='all', return_step_logits=False,
-           known_codes=None, known_mask=None, on_scale=None):
-    """Sample code pyramids and decode them.
+def sample(model, settings: SampleSettings, labels=None, batch_size=None, seeds=None, decode='all',
+           return_step_logits=False, known_codes=None, known_mask=None, on_scale=None):
+    """Sample code pyramids with settings and decode them.
 
-    labels: (B,) class ids for a class-conditional model; batch_size for an unconditional one. cfg > 0
-    doubles the batch (conditional, then null label) and uses cond + cfg * (cond - uncond) from global step
-    cfg_start_step on. steps_per_scale: a schedule, one number of steps for every scale or one per scale
-    (models.checkerboard.schedule_block_sizes). seeds: one int per sample (default: drawn from torch's global
-    RNG). precision: 'fp32' or 'bf16' (autocast for the transformer; decoding stays fp32). decode: 'all',
-    'top' or 'none'. known_codes, known_mask: [(B, s, s)] per scale, codes and a bool mask of the positions
-    that keep them; a kept code is placed at its step instead of a draw, and its probability is recorded.
-    on_scale(i) is called when scale i is drawn (the benchmark times scales with it)."""
+    labels: (B,) class ids for a class-conditional model; batch_size for an unconditional one. Guidance
+    doubles the batch (conditional, then null label). seeds: one int per sample (default: drawn from torch's
+    global RNG). decode: 'all', 'top' or 'none'. known_codes, known_mask: [(B, s, s)] per scale, codes and a
+    bool mask of the positions that keep them; a kept code is placed at its step instead of a draw, and its
+    probability is recorded. on_scale(i) is called when scale i is drawn (the benchmark times scales with it)."""
     device = model.seq_positions.device
-    schedule = schedule_block_sizes(model.sides, steps_per_scale)
     labels, batch_size = check_labels(model, labels, batch_size)
-    check_settings(temperature, top_k, top_p, precision)
     if seeds is None:
         seeds = torch.randint(2 ** 62, (batch_size,)).tolist()
     if len(seeds) != batch_size:
         raise ValueError(f'need one seed per sample: {batch_size} samples, {len(seeds)} seeds')
     if (known_codes is None) != (known_mask is None):
         raise ValueError('known_codes and known_mask go together')
-    if known_codes is not None:
-        known_codes, known_mask = check_known(model, known_codes, known_mask, batch_size, device)
-    out = draw_pyramid(model, labels, sample_uniforms(seeds, model.num_positions, device), schedule, cfg,
-                       cfg_start_step, temperature, top_k, top_p, precision, return_step_logits, known_codes,
-                       known_mask, on_scale=on_scale)
+    known = None if known_codes is None else check_known(model, known_codes, known_mask, batch_size, device)
+    out = draw_pyramid(model, labels, sample_uniforms(seeds, model.num_positions, device), settings,
+                       return_step_logits, known, on_scale=on_scale)
     return decode_scales(model, out, decode)
 
 
-def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, temperature, top_k, top_p, precision,
-                 return_step_logits=False, known_codes=None, known_mask=None, autocast_cache=True, on_scale=None):
+def draw_pyramid(model, labels, uniforms, settings: SampleSettings, return_step_logits=False, known=None,
+                 autocast_cache=True, on_scale=None):
     """The sampling steps, on checked arguments: tensor work only, no host synchronization and shapes fixed by
     the schedule, so that a CUDA graph can capture them (models/graphed_sampler.py, with autocast_cache off).
-    uniforms (B, P); schedule: block sizes per scale. Returns a SampleOutput without images."""
+    uniforms (B, P); known: (codes, masks) from check_known, or None. Returns a SampleOutput without images."""
     device = uniforms.device
-    guided = cfg > 0 and model.class_cond
+    s = settings
+    schedule = schedule_block_sizes(model.sides, s.steps_per_scale)
+    guided = s.guided and model.class_cond
     B = uniforms.shape[0]
     full_labels = torch.cat([labels, torch.full_like(labels, model.num_classes)]) if guided else labels
     B2 = 2 * B if guided else B
 
-    dtype = PRECISIONS[precision]
     codebook = model.autoenc.codebook()
     out = SampleOutput(codes=[], images=[], maps={'step': [], 'prob': [], 'logp': [], 'entropy': []},
                        labels=labels)
-    with autocast(device, precision, autocast_cache):
+    with autocast(device, s.precision, autocast_cache):
         cond = model.class_condition(full_labels)  # (B2, 1, C) or None
         modulations = model.llama.modulations(cond)  # the same at every step: computed once
         caches = model.llama.new_caches(B2, model.num_positions + model.class_cond,
-                                        dtype or torch.float32, device)
+                                        AUTOCAST_DTYPES.get(s.precision, torch.float32), device)
         if model.class_cond:  # the class token's own pass (not a step)
             class_ids = torch.full((1,), model.llama.rotary_emb.class_row, device=device)
             model.llama(cond, cond, class_ids, class_ids, caches=caches, modulations=modulations)
@@ -179,9 +166,9 @@ def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, tempera
             ranked = {k: torch.zeros(B, n, device=device, dtype=torch.long if k in ('code', 'step') else None)
                       for k in ('code', 'step', 'logp', 'entropy')}
             cells = positions - model.offsets[i]  # (n,) cell of each rank
-            if known_codes is not None:
-                known = known_codes[i].flatten(1)[:, cells]  # (B, n) in rank order
-                keep = known_mask[i].flatten(1)[:, cells]
+            if known is not None:
+                known_ranked = known[0][i].flatten(1)[:, cells]  # (B, n) in rank order
+                keep = known[1][i].flatten(1)[:, cells]
             start, block = 0, None
             for size in schedule[i]:
                 block = block or size
@@ -197,10 +184,10 @@ def draw_pyramid(model, labels, uniforms, schedule, cfg, cfg_start_step, tempera
                     out.step_logits.append(logits)
                 if guided:
                     c, u = logits[:B], logits[B:]
-                    logits = c + cfg * (c - u) if step >= cfg_start_step else c
-                forced = (known[:, ranks], keep[:, ranks]) if known_codes is not None else (None, None)
-                tokens, logp, entropy = draw(logits, temperature, top_k, top_p, uniforms[:, drawn:drawn + size],
-                                             *forced)
+                    logits = c + s.cfg * (c - u) if step >= s.cfg_start_step else c
+                forced = (known_ranked[:, ranks], keep[:, ranks]) if known is not None else (None, None)
+                tokens, logp, entropy = draw(logits, s.temperature, s.top_k, s.top_p,
+                                             uniforms[:, drawn:drawn + size], *forced)
                 ranked_vecs[:, ranks] = codebook[tokens].repeat(B2 // B, 1, 1)
                 for key, value in (('code', tokens), ('step', step), ('logp', logp), ('entropy', entropy)):
                     ranked[key][:, ranks] = value

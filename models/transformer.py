@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 
+from models.generator_config import TransformerConfig
+
 
 def ffn_width(dim, intermediate_size=None, multiple_of=256):
     """SwiGLU width: int(8C/3), rescaled to intermediate_size (float arithmetic as published), rounded up."""
@@ -191,18 +193,13 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Stack of blocks, final RMSNorm; rotary rows looked up from position ids shared across the batch."""
 
-    def __init__(self, scale_sides, hidden_size, num_attention_heads, num_hidden_layers, intermediate_size=None,
-                 rms_norm_eps=1e-6, class_cond=True, num_mixing_layers=2):
+    def __init__(self, scale_sides, config: TransformerConfig, class_cond, num_mixing_layers):
         super().__init__()
-        if hidden_size % num_attention_heads:
-            raise ValueError(f'hidden_size {hidden_size} is not divisible by num_attention_heads '
-                             f'{num_attention_heads}')
-        head_dim = hidden_size // num_attention_heads
-        if head_dim % 2:
-            raise ValueError(f'head width hidden_size/num_attention_heads = {head_dim} must be even')
+        hidden_size, num_attention_heads = config.hidden_size, config.num_attention_heads
+        num_hidden_layers, rms_norm_eps, head_dim = config.num_hidden_layers, config.rms_norm_eps, config.head_dim
         if num_mixing_layers in (None, 'all'):
             num_mixing_layers = num_hidden_layers
-        width = ffn_width(hidden_size, intermediate_size)
+        width = ffn_width(hidden_size, config.intermediate_size)
         self.layers = nn.ModuleList(Block(hidden_size, num_attention_heads, width, rms_norm_eps, class_cond)
                                     for _ in range(num_hidden_layers))
         self.norm = RMSNorm(hidden_size, rms_norm_eps)

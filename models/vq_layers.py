@@ -1,10 +1,20 @@
 """Convolutional encoder and decoder of the VQ autoencoder (LlamaGen VQ-16 layout, state-dict compatible)."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that also takes a batch of one whose groups hold one value each (a 1x1 map with one channel
+    per group: a small stride-2 encoder at the 1x1 scale), which F.group_norm refuses. The kernel it calls
+    normalizes such a value to 0 (output = bias), as it does for every image of a larger batch."""
+
+    def forward(self, x):
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
 def group_norm(channels):
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -96,10 +106,10 @@ def middle(channels, dropout):
 
 
 class Encoder(nn.Module):
-    """Image (B, 3, H, W) -> features (B, z_channels, H/f, W/f), f = 2^(len(ch_mult)-1)."""
+    """Image (B, 3, H, W) -> features (B, z_channels, H/f, W/f), f = 2^(len(ch_mult)-1); the settings and
+    their defaults are models.autoencoder_config.AutoencoderConfig's."""
 
-    def __init__(self, ch=128, ch_mult=(1, 1, 2, 2, 4), z_channels=256, num_res_blocks=2, dropout=0.0,
-                 in_channels=3):
+    def __init__(self, ch, ch_mult, z_channels, num_res_blocks, dropout, in_channels):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         widths_in = [ch] + [ch * m for m in ch_mult]
@@ -123,8 +133,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Features (B, z_channels, h, w) -> image (B, 3, h*f, w*f), mirroring the encoder."""
 
-    def __init__(self, ch=128, ch_mult=(1, 1, 2, 2, 4), z_channels=256, num_res_blocks=2, dropout=0.0,
-                 out_channels=3):
+    def __init__(self, ch, ch_mult, z_channels, num_res_blocks, dropout, out_channels):
         super().__init__()
         deepest = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, deepest, 3, padding=1)

@@ -55,11 +55,13 @@ def write_tiny_run(folder, name, per_class, model=None, args=None):
     entries overriding the tiny defaults."""
     from data.builtin import ensure_builtin_dataset
     from models.autoencoder import VQAutoencoder
+    from models.autoencoder_config import AutoencoderConfig
     ensure_builtin_dataset(str(folder / 'shapes'), 'shapes32', train_per_class=per_class[0],
                            val_per_class=per_class[1])
     dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
     torch.manual_seed(0)
-    torch.save({'state_dict': VQAutoencoder(dd, 64, 4, normalize=True).state_dict()}, folder / 'ae.pth')
+    autoencoder = VQAutoencoder(AutoencoderConfig(n_embed=64, embed_dim=4, normalize=True, **dd))
+    torch.save({'state_dict': autoencoder.state_dict()}, folder / 'ae.pth')
     (folder / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64,
                                                                              normalize=True, ddconfig=dd)}}))
     model = {**dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,

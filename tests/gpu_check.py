@@ -9,7 +9,7 @@
    on a GPU (fp32, and --compile only when a C++ compiler is found, on a CPU), stopped after 2 steps and resumed
    to 4, against an uninterrupted 4-step run;
 3. sample npz: `main_sample.py --num_samples` under torchrun from that checkpoint, merged into an ADM .npz;
-4. benchmark: models.benchmark on the Checkerboard-L shape (random weights) on a GPU, on the tiny config on a CPU.
+4. benchmark: tools.benchmark on the Checkerboard-L shape (random weights) on a GPU, on the tiny config on a CPU.
 On a machine without a GPU every step runs on the CPU, and the table says so. Exit status 1 if a step fails.
 """
 import argparse
@@ -98,7 +98,7 @@ def check_benchmark(device, work):
     else:
         flags = ['--config', str(work / 'tiny.yaml'), '--autoenc_config', str(work / 'ae.yaml'), '--batch_size',
                  '2', '--precision', 'fp32', '--repeats', '1', '--train_batch_size', '2']
-    return run([sys.executable, '-m', 'models.benchmark', *flags, '--device', device])
+    return run([sys.executable, '-m', 'tools.benchmark', *flags, '--device', device])
 
 
 def main(argv=None):

@@ -10,6 +10,8 @@ import yaml
 
 from conftest import DEVICE
 from models.autoencoder import VQAutoencoder, load_autoencoder
+from models.autoencoder_config import AutoencoderConfig
+from util.config import ConfigError
 from util.checkpoint import CheckpointError
 
 
@@ -116,7 +118,7 @@ def test_any_config_of_the_format(tmp_path, cfg):
     dd = {k: cfg[k] for k in ('ch', 'ch_mult', 'z_channels', 'num_res_blocks')}
     params = dict(embed_dim=cfg['embed_dim'], n_embed=cfg['n_embed'], normalize=cfg['normalize'], ddconfig=dd)
     write_config(tmp_path / 'ae.yaml', params)
-    source = VQAutoencoder(dd, cfg['n_embed'], cfg['embed_dim'], cfg['normalize'])
+    source = VQAutoencoder(AutoencoderConfig(n_embed=cfg['n_embed'], embed_dim=cfg['embed_dim'], normalize=cfg['normalize'], **dd))
     randomize(source, 0)
     torch.save({'state_dict': source.state_dict()}, tmp_path / 'ae.pth')
     ae = load_autoencoder(tmp_path / 'ae.yaml', tmp_path / 'ae.pth')
@@ -145,10 +147,24 @@ def test_any_config_of_the_format(tmp_path, cfg):
         torch.testing.assert_close(half, F.normalize(expected, dim=1) if cfg['normalize'] else expected)
 
 
+def test_one_image_codes_as_in_a_batch():
+    """Width 32, stride 2 (the ablation sweep's layout): at the 1x1 scale the second level's first norm sees a
+    1x1 map with one channel per group, which F.group_norm refuses for a batch of one."""
+    ae = VQAutoencoder(AutoencoderConfig(n_embed=64, embed_dim=4, normalize=True, ch=32, ch_mult=[1, 2], z_channels=32,
+                                        num_res_blocks=1))
+    randomize(ae, 0)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        batch = ae.pyramid_codes(x, [1, 2, 4])
+        alone = [ae.pyramid_codes(image[None], [1, 2, 4]) for image in x]
+    for side, codes in enumerate(batch):
+        assert torch.equal(codes, torch.cat([one[side] for one in alone]))
+
+
 def llamagen_layout(n_embed=64, embed_dim=4):
     """A state dict laid out like LlamaGen's vq_ds16_c2i.pt: {'model': ...}, raw codebook, extra buffers."""
     dd = dict(ch=32, ch_mult=[1, 2], z_channels=32, num_res_blocks=1)
-    model = VQAutoencoder(dd, n_embed, embed_dim, normalize=False)
+    model = VQAutoencoder(AutoencoderConfig(n_embed=n_embed, embed_dim=embed_dim, normalize=False, **dd))
     randomize(model, 3)
     sd = {k: v for k, v in model.state_dict().items() if k not in ('quantize.initialized', 'cluster_usage_train')}
     sd['quantize.codebook_used'] = torch.zeros(65536)
@@ -168,14 +184,26 @@ def test_loads_llamagen_layout(tmp_path):
 
 
 def test_loads_generator_checkpoint_and_plain_layouts(tmp_path, fixtures_dir, fixture_ae):
+    """Each layout loads exactly the tensors of its file: the published generator checkpoint ('model' holds the
+    generator's keys and the autoencoder's under `autoenc.`), and other random weights for each of a plain state
+    dict, {'state_dict': ...} and {'model': ...} with `autoenc.` keys beside generator keys."""
     cfg = f'{fixtures_dir}/autoenc/autoencoder_config.yaml'
-    from_generator = load_autoencoder(cfg, f'{fixtures_dir}/checkerboard-tiny-2x/checkpoint-last.pth')
-    for k, v in from_generator.state_dict().items():
-        assert v.shape == fixture_ae.state_dict()[k].shape
-    torch.save(fixture_ae.state_dict(), tmp_path / 'plain.pth')
-    plain = load_autoencoder(cfg, tmp_path / 'plain.pth')
-    for k, v in plain.state_dict().items():
-        torch.testing.assert_close(v, fixture_ae.state_dict()[k])
+    published = f'{fixtures_dir}/checkerboard-tiny-2x/checkpoint-last.pth'
+    generator_sd = torch.load(published, weights_only=False)['model']
+    cases = [(published, {k[len('autoenc.'):]: v for k, v in generator_sd.items() if k.startswith('autoenc.')})]
+    layouts = {'plain': lambda sd: sd, 'state_dict': lambda sd: {'state_dict': sd},
+               'generator': lambda sd: {'model': {'head.weight': torch.ones(3),
+                                                  **{f'autoenc.{k}': v for k, v in sd.items()}}}}
+    for seed, (name, layout) in enumerate(layouts.items()):
+        ae = copy.deepcopy(fixture_ae)
+        randomize(ae, seed)
+        torch.save(layout(ae.state_dict()), tmp_path / f'{name}.pth')
+        cases.append((tmp_path / f'{name}.pth', ae.state_dict()))
+    for path, expected in cases:
+        loaded = load_autoencoder(cfg, path).state_dict()
+        assert loaded.keys() == expected.keys(), path
+        for key, value in expected.items():
+            assert torch.equal(loaded[key], value), (path, key)
 
 
 def test_checkpoint_errors(tmp_path, fixtures_dir, fixture_ae):
@@ -215,10 +243,16 @@ def test_refuses_unsafe_globals_without_opt_in(tmp_path, fixtures_dir, fixture_a
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match='nope.yaml'):
+    with pytest.raises(ConfigError, match='autoencoder config not found: .*nope.yaml'):
         load_autoencoder(tmp_path / 'nope.yaml')
     write_config(tmp_path / 'bad.yaml', dict(embed_dim=8, n_embed=16, ddconfig=dict(chh=32)))
-    with pytest.raises(ValueError, match=r"unknown ddconfig keys \['chh'\]"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.params.ddconfig.chh' \(did you mean 'ch'\?\)"):
+        load_autoencoder(tmp_path / 'bad.yaml')
+    write_config(tmp_path / 'bad.yaml', dict(embed_dim=8, n_embed='16'))
+    with pytest.raises(ConfigError, match=r"bad.yaml: model.params.n_embed must be int, got '16'"):
+        load_autoencoder(tmp_path / 'bad.yaml')
+    write_config(tmp_path / 'bad.yaml', dict(embed_dim=8))
+    with pytest.raises(ConfigError, match=r"bad.yaml: missing key 'model.params.n_embed'"):
         load_autoencoder(tmp_path / 'bad.yaml')
 
 

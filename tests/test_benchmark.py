@@ -1,10 +1,11 @@
-"""models/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
+"""tools/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
 import torch
 import yaml
 
-from models import benchmark
+from models.sample_settings import SampleSettings
 from models.transformer import KVCache
 from test_generator import random_generator
+from tools import benchmark
 
 
 def test_benchmark_prints_its_figures(tmp_path, capsys):
@@ -30,7 +31,7 @@ def test_benchmark_prints_its_figures(tmp_path, capsys):
 def test_growing_cache_baseline_draws_the_same_codes(tmp_path):
     """The published-style baseline differs from the sampler only in how its KV cache grows."""
     model = random_generator(tmp_path, seed=3)
-    run = lambda: model.sample(labels=[1, 2], seeds=[3, 4], cfg=2.0, decode='none')  # noqa: E731
+    run = lambda: model.sample(SampleSettings(cfg=2.0), labels=[1, 2], seeds=[3, 4], decode='none')  # noqa: E731
     ours, baseline = run(), benchmark.growing_cache_baseline(model, run)()
     assert all(torch.equal(a, b) for a, b in zip(ours.codes, baseline.codes))
     assert isinstance(model.llama.new_caches(1, 4, torch.float32, 'cpu')[0], KVCache)  # the patch is undone

@@ -42,17 +42,6 @@ def test_prefixes_balanced_over_quadtree_cells(side):
         cells_per_axis *= 2
 
 
-def seed_scale_sizes(img_size, stride, ratio, min_size):
-    """The published rule, verbatim in behaviour, for comparison."""
-    sizes = [img_size // stride]
-    while sizes[-1] > min_size:
-        sizes.append(sizes[-1] / ratio)
-    if sizes[-1] == 0:
-        sizes = sizes[:-1]
-    sizes.append(min_size)
-    return sorted({int(np.round(s)) for s in sizes})
-
-
 def test_scale_sizes_published_examples():
     assert scale_sizes(256, 16, 2) == [1, 2, 4, 8, 16]
     assert scale_sizes(256, 16, 4) == [1, 4, 16]
@@ -60,19 +49,34 @@ def test_scale_sizes_published_examples():
     assert scale_sizes(128, 16, 4) == [1, 2, 8]  # the seed rule gives a 0 side here
 
 
-@pytest.mark.parametrize('img_size', [32, 64, 96, 128, 256, 512])
-@pytest.mark.parametrize('stride', [4, 8, 16])
-@pytest.mark.parametrize('ratio', [1.5, 2, 3, 4, 8])
-@pytest.mark.parametrize('min_size', [1, 2, 3])
-def test_scale_sizes_equal_seed_where_valid(img_size, stride, ratio, min_size):
-    if min_size > img_size // stride:
-        with pytest.raises(ValueError):
-            scale_sizes(img_size, stride, ratio, min_size)
-        return
-    seed = seed_scale_sizes(img_size, stride, ratio, min_size)
-    ours = scale_sizes(img_size, stride, ratio, min_size)
-    assert min(ours) >= 1 and ours == sorted(set(ours))
-    assert ours == [s for s in seed if s >= 1]
+# docs/model.md §2 worked by hand: S = img_size // stride; divide by the ratio while above the minimum, keeping the
+# quotient that reaches it; append the minimum; round half to even; drop 0 and duplicates.
+@pytest.mark.parametrize('img_size, stride, ratio, min_size, expected', [
+    (128, 16, 2, 1, [1, 2, 4, 8]),  # 8 4 2 1 (fixture tiny-2x)
+    (256, 16, 1.5, 1, [1, 2, 3, 5, 7, 11, 16]),  # 16 10.67 7.11 4.74 3.16 2.11 1.40 0.94, + 1
+    (256, 16, 3, 1, [1, 2, 5, 16]),  # 16 5.33 1.78 0.59, + 1
+    (256, 16, 8, 1, [1, 2, 16]),  # 16 2 0.25 -> 0 dropped, + 1
+    (512, 16, 3, 2, [1, 2, 4, 11, 32]),  # 32 10.67 3.56 1.19, + 2: a side below the minimum
+    (64, 8, 8, 3, [1, 3, 8]),  # 8 1, + 3
+    (64, 4, 2, 2, [2, 4, 8, 16]),  # 16 8 4 2, + 2
+    (96, 8, 2, 1, [1, 2, 3, 6, 12]),  # 12 6 3 1.5 -> 2 (half to even) 0.75 -> 1, + 1
+    (160, 16, 4, 1, [1, 2, 10]),  # 10 2.5 -> 2 (half to even) 0.625 -> 1, + 1
+    (144, 16, 2, 1, [1, 2, 4, 9]),  # 9 4.5 -> 4 2.25 1.125 0.5625 -> 1, + 1
+    (32, 8, 3, 1, [1, 4]),  # 4 1.33 0.44 -> 0 dropped, + 1
+    (64, 16, 2, 4, [4]),  # the minimum is the top side: no division
+])
+def test_scale_sizes_match_hand_worked_examples(img_size, stride, ratio, min_size, expected):
+    assert scale_sizes(img_size, stride, ratio, min_size) == expected
+
+
+@pytest.mark.parametrize('img_size, stride, min_size, message', [
+    (32, 16, 3, r'scale_min_size must be in \[1, 2\], got 3'),
+    (256, 16, 0, r'scale_min_size must be in \[1, 16\], got 0'),
+    (8, 16, 1, 'img_size 8 is smaller than the autoencoder stride 16'),
+])
+def test_scale_sizes_rejects_bad_sizes(img_size, stride, min_size, message):
+    with pytest.raises(ValueError, match=message):
+        scale_sizes(img_size, stride, 2, min_size)
 
 
 @pytest.mark.parametrize('ratio', [0, -2, 1, 0.5, float('nan'), float('inf'), 1e9, '2'])

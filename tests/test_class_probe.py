@@ -1,4 +1,4 @@
-"""Class probe (models.class_probe; evaluator.train_probe, probe_report): training on a tiny synthetic
+"""Class probe (models.class_probe; evaluation.sample_quality.train_probe, probe_report): training on a tiny synthetic
 ImageFolder, checkpoint reuse, consistency and Frechet figures."""
 import os
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from util.checkpoint import CheckpointError
 from data.image_folder import load_real_images
-from evaluator import probe_report, train_probe
+from evaluation.sample_quality import probe_report, train_probe
 from models.class_probe import feature_frechet, load_probe
 
 SIZE = 16
@@ -72,7 +72,7 @@ def test_training_is_deterministic_from_seed(trained, tmp_path):
 
 def test_max_images_bounds_what_is_read(trained, tmp_path, monkeypatch):
     root, _, _, _ = trained
-    import evaluator
+    from evaluation import sample_quality
     counts = []
 
     def spy(*args, **kwargs):
@@ -80,7 +80,7 @@ def test_max_images_bounds_what_is_read(trained, tmp_path, monkeypatch):
         counts.append(len(images))
         return images, labels, classes
 
-    monkeypatch.setattr(evaluator, 'load_real_images', spy)
+    monkeypatch.setattr(sample_quality, 'load_real_images', spy)
     probe = train_probe(root, SIZE, 'cpu', str(tmp_path / 'small.pt'), epochs=1, max_images=12, log=lambda m: None)
     assert counts == [12, 12]  # train and val subsets, of 90 and 30 images
     assert torch.load(tmp_path / 'small.pt', weights_only=True)['train']['max_images'] == 12

@@ -31,9 +31,25 @@ def write_folder(root, files_per_class, rng=None):
 
 # --- transforms ---
 
-def test_center_crop_arr_box_then_bicubic_then_crop():
-    image = Image.new('RGB', (400, 150))
-    assert center_crop_arr(image, 35).size == (35, 35)  # 400x150 -> 200x75 (BOX) -> 93x35 -> crop
+@pytest.mark.parametrize('size, side, resizes, corner', [
+    ((400, 150), 35, [(Image.BOX, (200, 75)), (Image.BOX, (100, 37)), (Image.BICUBIC, (95, 35))], (30, 0)),
+    ((97, 123), 32, [(Image.BOX, (48, 61)), (Image.BICUBIC, (32, 41))], (0, 4)),
+    ((30, 53), 35, [(Image.BICUBIC, (35, 62))], (0, 13)),  # upscaled, no BOX step
+    ((256, 256), 32, [(Image.BOX, (128, 128)), (Image.BOX, (64, 64)), (Image.BOX, (32, 32))], (0, 0)),
+], ids=['400x150-35', '97x123-32', '30x53-35', '256-32'])
+def test_center_crop_arr_box_then_bicubic_then_crop(size, side, resizes, corner):
+    """Pixels equal the ADM steps worked out by hand for each size (BOX-halve while the short side >= 2*side,
+    BICUBIC to short side = side, rounding the long side; the centre crop, floored), applied with PIL."""
+    image = random_image(np.random.default_rng(2), *size)
+    expected = image
+    for resample, to in resizes:
+        expected = expected.resize(to, resample=resample)
+    left, top = corner
+    expected = np.asarray(expected)[top:top + side, left:left + side]
+    np.testing.assert_array_equal(np.asarray(center_crop_arr(image, side)), expected)
+
+
+def test_adm_crop_side():
     assert adm_crop_side(256) == 281 and adm_crop_side(32) == 35
 
 

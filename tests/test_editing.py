@@ -8,8 +8,14 @@ import yaml
 from PIL import Image
 
 import main_sample
+from models.autoencoder_config import AutoencoderConfig
 from models.editing import cell_mask, edit, known_pyramid
+from models.generator_config import GeneratorConfig
+from models.load import build_generator
+from models.sample_settings import SampleSettings
+from test_autoencoder import randomize
 from test_generator import random_generator, tiny_model_config
+from util.images import to_uint8
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +42,7 @@ def test_cells_are_known_only_when_their_whole_region_is_kept():
 def test_kept_positions_equal_the_encoded_codes_at_every_scale(model):
     images, keep = images_and_keep()
     codes, masks = known_pyramid(model, images, keep)
-    out = edit(model, images, keep, labels=torch.tensor([1, 3]), seeds=[4, 5], cfg=1.5, decode='none')
+    out = edit(model, images, keep, SampleSettings(cfg=1.5), labels=torch.tensor([1, 3]), seeds=[4, 5], decode='none')
     for got, want, mask in zip(out.codes, codes, masks):
         assert torch.equal(got[mask], want[mask])
     assert [int(m.sum()) for m in masks] == [0, 0, 2 * 4, 2 * 24]  # per scale, both images
@@ -45,25 +51,45 @@ def test_kept_positions_equal_the_encoded_codes_at_every_scale(model):
 
 def test_keeping_everything_returns_the_encoded_pyramid(model):
     images, _ = images_and_keep()
-    out = edit(model, images, torch.ones(2, 32, 32, dtype=torch.bool), labels=torch.tensor([0, 2]), seeds=[1, 2],
-               decode='none')
+    out = edit(model, images, torch.ones(2, 32, 32, dtype=torch.bool), SampleSettings(), labels=torch.tensor([0, 2]),
+               seeds=[1, 2], decode='none')
     for got, want in zip(out.codes, model.codes_from_images(images)):
         assert torch.equal(got, want)
 
 
 def test_keeping_nothing_is_ordinary_sampling(model):
     images, _ = images_and_keep()
-    kwargs = dict(labels=torch.tensor([4, 1]), seeds=[8, 9], cfg=2.0, steps_per_scale=2, decode='none')
-    edited = edit(model, images, torch.zeros(2, 32, 32, dtype=torch.bool), **kwargs)
-    plain = model.sample(**kwargs)
+    settings = SampleSettings(cfg=2.0, steps_per_scale=2)
+    kwargs = dict(labels=torch.tensor([4, 1]), seeds=[8, 9], decode='none')
+    edited = edit(model, images, torch.zeros(2, 32, 32, dtype=torch.bool), settings, **kwargs)
+    plain = model.sample(settings, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(edited.codes, plain.codes))
 
 
 def test_the_same_edit_whatever_the_batch(model):
     images, keep = images_and_keep(batch=3, seed=1)
-    batch = edit(model, images, keep, labels=torch.tensor([0, 1, 2]), seeds=[5, 6, 7], decode='none')
-    alone = edit(model, images[1:2], keep[1:2], labels=torch.tensor([1]), seeds=[6], decode='none')
+    batch = edit(model, images, keep, SampleSettings(), labels=torch.tensor([0, 1, 2]), seeds=[5, 6, 7], decode='none')
+    alone = edit(model, images[1:2], keep[1:2], SampleSettings(), labels=torch.tensor([1]), seeds=[6], decode='none')
     assert all(torch.equal(a[1], b[0]) for a, b in zip(batch.codes, alone.codes))
+
+
+def test_one_image_edits_with_a_stride_2_autoencoder(tmp_path):
+    """Each image is encoded alone; with a stride-2 autoencoder of width 32 (the ablation sweep's layout) the 1x1
+    scale normalizes a 1x1 map with one channel per group."""
+    model_cfg = tiny_model_config(tmp_path, img_size=8)  # sides 1, 2, 4
+    ae_config = yaml.safe_load((tmp_path / 'ae.yaml').read_text())
+    ae_config['model']['params']['ddconfig']['ch_mult'] = [1, 2]
+    model = build_generator(GeneratorConfig.from_dict(model_cfg), AutoencoderConfig.from_published(ae_config, 'ae'),
+                            load_autoencoder_checkpoint=False)
+    randomize(model, 3)
+    images = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    keep = torch.ones(1, 8, 8, dtype=torch.bool)
+    keep[:, :, 4:] = False
+    codes, masks = known_pyramid(model.eval(), images, keep)
+    out = edit(model, images, keep, SampleSettings(), labels=torch.tensor([1]), seeds=[4], decode='none')
+    assert [int(m.sum()) for m in masks] == [0, 2, 8]
+    for got, want, mask in zip(out.codes, codes, masks):
+        assert torch.equal(got[mask], want[mask])
 
 
 @pytest.fixture(scope='module')
@@ -82,18 +108,65 @@ def run(folder, *flags):
     main_sample.main(['--checkpoint', str(folder / 'checkpoint.pth'), '--output_dir', str(folder / 'out'), *flags])
 
 
-def test_cli_writes_inputs_mask_and_edits(checkpoint, capsys):
-    mask = np.full((30, 40, 3), 255, np.uint8)
-    mask[:, 20:] = 0
+def centre_crop_32(array):
+    """The ADM crop of a 40x30 array to 32x32, by hand: BICUBIC to 43x32 (40 * 32 / 30 = 42.7), columns 5..36."""
+    return np.array(Image.fromarray(array).resize((43, 32), Image.BICUBIC))[:, 5:37]
+
+
+def read_png(path):
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def test_cli_edits_keep_the_requested_region(checkpoint, monkeypatch):
+    """For a mask image, a box and out-painting: edit_mask.png is the requested mask, the sampler is given the
+    cropped input and that mask, the edits keep in every fully kept cell of every scale the code of the blanked
+    input (known_pyramid), edit_input.png is the input and edit_NNNN.png the decoded edits, and the three masks
+    give three different edits. (Kept pixels are not compared: the decoder mixes kept and redrawn codes.)"""
+    calls = []
+
+    def spy(model, images, keep, *args, **kwargs):
+        calls.append((model, images, keep, edit(model, images, keep, *args, **kwargs)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(main_sample, 'edit', spy)
+    mask = np.zeros((30, 40, 3), np.uint8)
+    mask[:, :20] = mask[22:] = 255  # keep the left half and the bottom rows
     Image.fromarray(mask).save(checkpoint / 'mask.png')
-    for how in (['--edit_mask', str(checkpoint / 'mask.png')], ['--edit_mask', '0,0,16,32'], ['--outpaint', '0.5']):
+    crop = centre_crop_32(read_png(checkpoint / 'in.png'))
+    box = np.ones((32, 32), bool)
+    box[:, :16] = False  # '0,0,16,32' redraws the left half
+    centre = np.zeros((32, 32), bool)
+    centre[8:24, 8:24] = True  # --outpaint 0.5 keeps the input, shrunk to 16x16, at the centre
+    canvas = np.zeros_like(crop)
+    canvas[8:24, 8:24] = np.asarray(Image.fromarray(crop).resize((16, 16), Image.BICUBIC))
+    cases = [(['--edit_mask', str(checkpoint / 'mask.png')], centre_crop_32(mask)[..., 0] > 127, crop),
+             (['--edit_mask', '0,0,16,32'], box, crop), (['--outpaint', '0.5'], centre, canvas)]
+    edits = []
+    for how, keep, image in cases:
         run(checkpoint, '--edit_image', str(checkpoint / 'in.png'), *how, '--labels', '2', '2', '4')
-        for name in ('edit_input.png', 'edit_mask.png', 'edit_0000.png', 'edit_0002.png', 'edit_grid.png'):
-            with Image.open(checkpoint / 'out' / name) as image:
-                assert image.size[0] >= 32
-    with Image.open(checkpoint / 'out' / 'edit_mask.png') as image:  # out-painting keeps the centred 16x16
-        kept = np.asarray(image)[..., 0] > 0
-    assert kept.sum() == 16 * 16 and kept[8:24, 8:24].all()
+        written = {name: read_png(checkpoint / 'out' / f'{name}.png')
+                   for name in ('edit_mask', 'edit_input', 'edit_0000', 'edit_0001', 'edit_0002')}
+        white = np.repeat(keep[..., None] * np.uint8(255), 3, 2)
+        np.testing.assert_array_equal(written['edit_mask'], white, err_msg=f'{how}: edit_mask.png')
+        assert np.abs(written['edit_input'].astype(int) - image).max() <= 1, how  # to_uint8 truncates
+        model, images, given_keep, out = calls[-1]
+        given_image = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
+        torch.testing.assert_close(images, given_image.expand_as(images))
+        np.testing.assert_array_equal(given_keep.numpy(), np.broadcast_to(keep, (3, 32, 32)),
+                                      err_msg=f'{how}: the mask given to the sampler')
+        known, _ = known_pyramid(model, images[:1], given_keep[:1])
+        for side, got, want in zip(model.sides, out.codes, known):
+            cell = 32 // side
+            kept_cells = torch.from_numpy(keep.reshape(side, cell, side, cell).all((1, 3)))
+            assert torch.equal(got[:, kept_cells], want[:, kept_cells].expand(3, -1)), (how, side)
+        assert kept_cells.any(), how  # the top scale keeps cells
+        with torch.no_grad():
+            pixels = to_uint8(model.autoenc.decode(model.autoenc.codes_to_latents(out.codes[-1])))
+        for i in range(3):
+            np.testing.assert_array_equal(written[f'edit_{i:04d}'], pixels[i], err_msg=f'{how}: edit_{i:04d}.png')
+        edits.append(pixels)
+    assert not any(np.array_equal(edits[a], edits[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
 
 
 @pytest.mark.parametrize('flags, message', [

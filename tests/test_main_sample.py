@@ -15,6 +15,7 @@ from PIL import Image
 import main_sample
 from models import build_generator
 from models.autoencoder import read_autoencoder_config
+from models.generator_config import GeneratorConfig
 from util.images import save_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +35,10 @@ def unconditional(fixtures_dir, tmp_path_factory):
     with open(f'{fixtures_dir}/checkerboard-tiny-2x/config.yaml') as f:
         model_cfg = {**yaml.safe_load(f)['model'], 'img_size': 32, 'class_cond': False, 'num_classes': 0}
     ae_config = read_autoencoder_config(f'{fixtures_dir}/autoenc/autoencoder_config.yaml')
-    model = build_generator(model_cfg, ae_config, load_autoencoder_checkpoint=False)
+    model = build_generator(GeneratorConfig.from_dict(model_cfg), ae_config, load_autoencoder_checkpoint=False)
     path = tmp_path_factory.mktemp('unconditional') / 'checkpoint.pth'
-    torch.save({'model': model.state_dict(), 'config': {'model': model_cfg}, 'autoenc_config': ae_config}, path)
+    torch.save({'model': model.state_dict(), 'config': {'model': model_cfg},
+                'autoenc_config': ae_config.to_published()}, path)
     return str(path)
 
 
@@ -123,33 +125,37 @@ def test_evaluation_batch_resumes_from_shards(checkpoint, one_thread, capsys):
     assert exit_info.value.code == 2 and 'other settings' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('argv', [
-    ['--checkpoint', 'missing.pth'],
-    ['--labels', '3', '10'],
-    ['--labels', '-1'],
-    ['--steps_per_scale', '0'],
-    ['--temperature', '-1'],
-    ['--cfg', 'nan'],
-    ['--top_p', '0'],
-    ['--top_k', 'two'],
-    ['--seed', '-5'],
-    ['--num_samples', '0', '--output_npz', 'x.npz'],
-    ['--num_samples', '4'],
-    ['--num_samples', '4', '--output_npz', 'x.npz', '--labels', '1'],
-    ['--labels', '1', '--random_classes'],
-    ['--precision', 'fp8'],
-    'unconditional',
-], ids=lambda a: ' '.join(a) if isinstance(a, list) else a)
-def test_bad_input_is_one_line_and_exit_2(argv, checkpoint, unconditional, capsys):
-    if argv == 'unconditional':
-        argv = ['--checkpoint', unconditional, '--labels', '1']
-    elif argv[0] != '--checkpoint':
+BAD_INPUTS = [  # argv, what the line must name
+    (['--checkpoint', 'missing.pth'], ['checkpoint not found', 'missing.pth']),
+    (['--labels', '3', '10'], ['--labels', '[10]', 'out of range']),
+    (['--labels', '-1'], ['--labels', '-1']),
+    (['--steps_per_scale', '0'], ['--steps_per_scale', 'got 0']),
+    (['--temperature', '-1'], ['--temperature', '-1']),
+    (['--cfg', 'nan'], ['--cfg', 'nan']),
+    (['--top_p', '0'], ['--top_p', 'got 0']),
+    (['--top_k', 'two'], ['--top_k', "'two'"]),
+    (['--seed', '-5'], ['--seed', '-5']),
+    (['--num_samples', '0', '--output_npz', 'x.npz'], ['--num_samples', 'got 0']),
+    (['--num_samples', '4'], ['--num_samples', '--output_npz']),
+    (['--num_samples', '4', '--output_npz', 'x.npz', '--labels', '1'], ['--labels', 'do not apply to --num_samples']),
+    (['--labels', '1', '--random_classes'], ['--random_classes', '--labels']),
+    (['--precision', 'fp8'], ['--precision', "'fp8'"]),
+    (['--checkpoint', 'UNCONDITIONAL', '--labels', '1'], ['unconditional', '--labels']),
+]
+
+
+@pytest.mark.parametrize('argv, names', BAD_INPUTS, ids=[' '.join(argv) for argv, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_it_and_exit_2(argv, names, checkpoint, request, capsys):
+    """Exit status 2 and one line on stderr that names the flag and the bad value (or the clash)."""
+    argv = [request.getfixturevalue('unconditional') if a == 'UNCONDITIONAL' else a for a in argv]
+    if argv[0] != '--checkpoint':
         argv = ['--checkpoint', checkpoint, *argv]
     with pytest.raises(SystemExit) as exit_info:
         main_sample.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert all(name in err for name in names), err
 
 
 def test_per_scale_schedule_and_bad_schedules(checkpoint, tmp_path, capsys):

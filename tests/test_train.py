@@ -13,8 +13,10 @@ import main as train_main
 from conftest import write_tiny_run
 from data.image_folder import ImageFolderDataset
 from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_token_cache
-from evaluator import latest_evaluation
+from evaluation.sample_quality import latest_evaluation
 from models import build_generator, load_generator
+from models.generator_config import GeneratorConfig
+from models.sample_settings import SampleSettings
 from util import checkpoint as checkpoint_io
 from util.checkpoint import load_checkpoint
 
@@ -51,7 +53,16 @@ def expect_exit(capsys, setup, code, message, *flags, out='never'):
 def test_config_errors(setup, capsys, tmp_path):
     expect_exit(capsys, setup, 2, "unknown flag --batchsize (did you mean 'batch_size'?)", '--batchsize', '4')
     expect_exit(capsys, setup, 2, 'args.batch_size must be int', '--batch_size', 'four')
-    expect_exit(capsys, setup, 2, 'not divisible by grad_accum_steps 3', '--grad_accum_steps', '3')
+    expect_exit(capsys, setup, 2, 'args.batch_size 8 is not divisible by args.grad_accum_steps 3', '--grad_accum_steps',
+                '3')
+    expect_exit(capsys, setup, 2, "args.optimizer must be one of adamw (the optimizers this trainer implements), got "
+                "'sgd'", '--optimizer', 'sgd')
+    expect_exit(capsys, setup, 2, 'args.lr must be a finite number > 0, got -1', '--lr', '-1')
+    expect_exit(capsys, setup, 2, 'args.lr must be a finite number > 0, got nan', '--lr', 'nan')
+    expect_exit(capsys, setup, 2, "model.scan_order must be one of ('checkerboard', 'raster', 'random'), got 'zigzag'",
+                '--model.scan_order', 'zigzag')
+    expect_exit(capsys, setup, 2, "unknown key 'model.llama_config.hiden_size' (did you mean 'hidden_size'?)",
+                '--model.llama_config.hiden_size', '8')
     expect_exit(capsys, setup, 2, "neither an existing folder nor a built-in dataset", '--data_path', 'nowhere')
     expect_exit(capsys, setup, 2, 'autoencoder file not found: model.autoenc.checkpoint_path',
                 '--model.autoenc.checkpoint_path', str(tmp_path / 'missing.pth'))
@@ -83,7 +94,7 @@ def test_exact_resume(setup):
         model = load_generator(full / 'checkpoint-last.pth', use_ema=use_ema)
         weights = a['model_ema'] if use_ema else a['model']
         assert torch.equal(model.lm_head.weight, weights['lm_head.weight'])
-    assert model.sample(labels=[3], seeds=[0], steps_per_scale=2).codes[-1].shape == (1, 4, 4)
+    assert model.sample(SampleSettings(steps_per_scale=2), labels=[3], seeds=[0]).codes[-1].shape == (1, 4, 4)
 
 
 def folder_state(folder):
@@ -179,7 +190,7 @@ def test_non_finite_loss_stops_cleanly(setup, capsys):
 
 def test_cache_and_images_give_the_same_loss(setup):
     cfg = yaml.safe_load((setup / 'tiny.yaml').read_text())
-    model = build_generator({**cfg['model'], 'num_classes': 10}).train()
+    model = build_generator(GeneratorConfig.from_dict({**cfg['model'], 'num_classes': 10})).train()
     views = ImageFolderDataset(str(setup / 'shapes'), 32, all_views=True)
     cache = setup / 'cache'
     create_token_cache(str(cache), views, model.autoenc, model.sides, 32, model.vocab_size, 'cpu', batch_size=16)

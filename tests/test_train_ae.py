@@ -1,6 +1,7 @@
 """Autoencoder training: requantization from a LlamaGen-layout checkpoint, statistics init, resume, dead-code
-re-initialization, full training, evaluation, config errors."""
+re-initialization, full training, evaluation, config errors, a full disk."""
 import argparse
+import errno
 import json
 import os
 
@@ -11,12 +12,13 @@ import yaml
 from PIL import Image
 
 from models.autoencoder import VQAutoencoder, load_autoencoder
+from models.autoencoder_config import AutoencoderConfig
 from train_ae_codebook import evaluate, train
 from train_ae_codebook.build import build_datasets
 from train_ae_codebook.codebook import (MomentStats, codebook_table, init_codebook_from_stats, live_codes,
                                         reinit_dead_codes, rows_per_scale, update_usage)
 from train_ae_codebook.metrics import evaluate_pyramid
-from train_ae_codebook.objective import pyramid_image
+from util.checkpoint import load_checkpoint
 from util.config import load_config
 
 DDCONFIG = dict(ch=32, ch_mult=[1, 2], z_channels=32, num_res_blocks=1)  # stride 2
@@ -53,7 +55,7 @@ def llamagen_ckpt(tmp_path_factory):
     """A tiny random autoencoder saved in LlamaGen's layout: {'model': sd, 'args'} with a raw codebook of
     another size and a quantize.codebook_used buffer."""
     torch.manual_seed(0)
-    source = VQAutoencoder(DDCONFIG, n_embed=64, embed_dim=4, normalize=False, resolution=SIZE)
+    source = VQAutoencoder(AutoencoderConfig(n_embed=64, embed_dim=4, normalize=False, resolution=SIZE, **DDCONFIG))
     sd = {k: v for k, v in source.state_dict().items() if k not in ('quantize.initialized', 'cluster_usage_train')}
     sd['quantize.codebook_used'] = torch.zeros(1000)
     path = tmp_path_factory.mktemp('llamagen') / 'vq_ds16_c2i.pt'
@@ -91,7 +93,7 @@ def encode_views(autoencoder, dataset, side):
     dataset.set_epoch(0)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     with torch.no_grad():
-        return autoencoder.encode(pyramid_image(images, side, autoencoder.stride))
+        return autoencoder.encode(autoencoder.pyramid_image(images, side))
 
 
 def test_requantization_initializes_from_statistics_and_loads(tmp_path, data_dir, llamagen_ckpt):
@@ -123,8 +125,9 @@ def test_requantization_initializes_from_statistics_and_loads(tmp_path, data_dir
     # each scale's block of codebook rows has that scale's mean and std, within sampling error (2 steps of
     # lr 1e-4 move rows by ~2e-4)
     table = codebook_table(ae).double()
+    assert stats.count.tolist() == [32, 32 * 4, 32 * 16]  # latents seen: 32 images x (1, 4, 16) positions
     rows = rows_per_scale(stats.count.tolist(), 256)
-    assert rows == [int(256 * c / stats.count.sum()) for c in stats.count[:2]] + [256 - sum(rows[:2])]
+    assert rows == [12, 48, 196]  # 256 * 32 / 672 = 12.2, 256 * 128 / 672 = 48.8, floored; the rest to 4x4
     start = 0
     for side, n in zip(stats.sides, rows):
         block = table[start:start + n]
@@ -165,9 +168,45 @@ def test_resume_restores_step_and_codebook_and_continues_exactly(tmp_path, data_
     assert [r['step'] for r in read_log(tmp_path / 'split') if 'loss' in r] == list(range(1, 8))
 
 
+class FillsUp:
+    """A file whose device has room for `room` more bytes; a longer write fails as on a full disk."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_a_full_disk_while_saving_is_one_line(tmp_path, data_dir, llamagen_ckpt, capsys, monkeypatch):
+    out = tmp_path / 'out'
+    config = write_config(tmp_path, requant_model(llamagen_ckpt[0]),
+                          base_args(data_dir, out, steps=2, quantize_iter_start=1))
+    run(config)
+    path = out / 'checkpoint-last.pth'
+    before = path.read_bytes()
+    real_save = torch.save
+    monkeypatch.setattr(torch, 'save', lambda obj, f: real_save(obj, FillsUp(f, 1000)))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(config, '--steps', '4')
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'Traceback' not in err
+    assert [line for line in err.splitlines() if line.startswith('error:')] == [
+        f'error: could not write {path}: no space left on device in {out} (free space or choose another output_dir)']
+    assert path.read_bytes() == before and load_checkpoint(path)['step'] == 2
+    assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
+
+
 def test_dead_codes_are_redrawn_from_live_codes():
     torch.manual_seed(0)
-    ae = VQAutoencoder(DDCONFIG, n_embed=16, embed_dim=4, normalize=True, resolution=SIZE)
+    ae = VQAutoencoder(AutoencoderConfig(n_embed=16, embed_dim=4, normalize=True, resolution=SIZE, **DDCONFIG))
     data = torch.nn.functional.normalize(torch.tensor([1.0, 1.0, 0.0, 0.0]) + 0.1 * torch.randn(64, 4), dim=1)
     table = codebook_table(ae)
     with torch.no_grad():  # 8 codes near the data, 8 at the antipode: far from every latent
@@ -207,7 +246,7 @@ def test_moment_stats_and_init():
     np.testing.assert_allclose(mean, flat.mean(1), atol=1e-6)
     np.testing.assert_allclose(std, flat.std(1, unbiased=False), atol=1e-6)
     assert rows_per_scale([5, 16], 10) == [2, 8] and rows_per_scale([5, 0], 10) == [10, 0]
-    ae = VQAutoencoder(DDCONFIG, n_embed=10, embed_dim=3, normalize=False, resolution=SIZE)
+    ae = VQAutoencoder(AutoencoderConfig(n_embed=10, embed_dim=3, normalize=False, resolution=SIZE, **DDCONFIG))
     assert init_codebook_from_stats(ae, stats, torch.Generator().manual_seed(0)) == [2, 8]
     assert bool(ae.quantize.initialized)
 
@@ -235,14 +274,24 @@ def test_full_training_loss_decreases_and_evaluates(tmp_path, data_dir, capsys):
     assert 5 < metrics['4']['psnr'] < 60 and 0 < metrics['all']['usage'] <= 1
 
 
-def test_rfid_with_a_feature_function():
+def test_rfid_is_the_frechet_distance_of_original_and_reconstruction_features():
+    """A feature function that maps image i of a batch to row i of a table, plus a shift c unless the image is
+    flat: the originals are flat colours and the reconstructions are not, so the two sets of features share
+    their covariance and differ by c in the mean, and rFID = |c|^2 = 25 at every scale."""
     torch.manual_seed(0)
-    ae = VQAutoencoder(DDCONFIG, n_embed=16, embed_dim=4, normalize=True, resolution=SIZE).eval()
+    ae = VQAutoencoder(AutoencoderConfig(n_embed=16, embed_dim=4, normalize=True, resolution=SIZE, **DDCONFIG)).eval()
     ae.quantize.initialized.fill_(True)
-    images = [torch.rand(8, 3, SIZE, SIZE) * 2 - 1 for _ in range(2)]
-    colour_stats = lambda x: {'pool': np.concatenate([x.mean((1, 2)), x.std((1, 2))], 1).astype(np.float64)}
-    results = evaluate_pyramid(ae, images, [1, 2, 4], inception=colour_stats)
-    assert all(np.isfinite(results[s]['rfid']) and results[s]['rfid'] >= 0 for s in (1, 2, 4))
+    rows, shift = np.array([[0., 0.], [1., 0.], [0., 2.], [3., 1.]]), np.array([3., 4.])
+
+    def features(images):  # uint8 (B, H, W, 3)
+        flat = (images == images[:, :1, :1]).all((1, 2, 3))
+        return {'pool': rows[:len(images)] + (~flat)[:, None] * shift}
+
+    gen = torch.Generator().manual_seed(1)  # level k + 0.5 in [-1, 1]: exactly k in uint8 at every size
+    batches = [((torch.randint(0, 255, (4, 3, 1, 1), generator=gen) + 0.5) / 127.5 - 1).expand(-1, -1, SIZE, SIZE)
+               for _ in range(2)]
+    results = evaluate_pyramid(ae, batches, [1, 2, 4], inception=features)
+    assert [results[s]['rfid'] for s in (1, 2, 4)] == pytest.approx([25.0] * 3, abs=1e-6)
 
 
 @pytest.mark.parametrize('model, args, flags, message', [
@@ -274,6 +323,15 @@ def test_evaluate_bad_input_exits_2(tmp_path, capsys):
         evaluate.main(['--checkpoint', str(tmp_path / 'missing.pth')])
     assert exit_info.value.code == 2
     assert 'not found' in capsys.readouterr().err
+
+
+def test_evaluate_keeps_the_traceback_of_a_bug(monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError('a bug')
+
+    monkeypatch.setattr(evaluate, 'load_autoencoder', bug)
+    with pytest.raises(ValueError, match='a bug'):
+        evaluate.main(['--checkpoint', 'any.pth'])
 
 
 def test_resume_into_another_architecture_is_one_line(tmp_path, data_dir, capsys):

@@ -6,12 +6,12 @@ import torch
 
 from data.builtin import resolve_data_path
 from data.image_folder import ImageFolderDataset
-from models.autoencoder import ARCH_PARAMS, VQAutoencoder, autoencoder_kwargs
+from models.autoencoder import VQAutoencoder
+from models.autoencoder_config import AutoencoderConfig
 from models.checkerboard import scale_sizes
 from util.checkpoint import load_checkpoint, load_matching_state_dict, unwrap_state_dict
 from util.config import ConfigError, Option, check_keys
 
-DEFAULT_TARGET = 'cbgen.autoencoder.VQModel'  # the published class path: written to configs, never imported
 MODEL_KEYS = ('target', 'params', 'init')
 INIT_OPTIONS = {
     'checkpoint': Option(str, None, 'autoencoder checkpoint to start from (its codebook is not used)'),
@@ -57,11 +57,7 @@ def build_autoencoder(model_cfg, source):
     params = model_cfg.get('params')
     if not isinstance(params, dict):
         raise ConfigError(f'{source}: model.params is required (the published autoencoder schema)')
-    check_keys(params, ARCH_PARAMS, 'model.params', hint='; training settings go in args:')
-    try:
-        autoencoder = VQAutoencoder(**autoencoder_kwargs({'model': {'params': params}}, source))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f'{source}: model.params: {e}') from None
+    autoencoder = VQAutoencoder(AutoencoderConfig.from_published({'model': {'params': params}}, source))
     init = dict(model_cfg.get('init') or {})
     check_keys(init, INIT_OPTIONS, 'model.init')
     init = {key: init.get(key, option.default) for key, option in INIT_OPTIONS.items()}
@@ -116,11 +112,6 @@ def frozen_modules(autoencoder, init):
     parts = {'freeze_encoder': [ae.encoder], 'freeze_decoder': [ae.decoder],
              'freeze_quant_convs': [ae.quant_conv, ae.post_quant_conv]}
     return [m for key, modules in parts.items() if init[key] for m in modules]
-
-
-def autoencoder_config(model_cfg):
-    """The published autoencoder config (model: target, params) of a training config, for load_autoencoder."""
-    return {'model': {'target': model_cfg.get('target', DEFAULT_TARGET), 'params': dict(model_cfg['params'])}}
 
 
 def build_datasets(args, image_size, seed):

@@ -4,7 +4,6 @@ import numpy as np
 import torch
 
 from train_ae_codebook.codebook import perplexity
-from train_ae_codebook.objective import pyramid_image
 from util.adm_metrics import frechet_distance, gaussian_stats
 from util.images import save_grid, to_uint8, upscale_nearest
 
@@ -12,7 +11,7 @@ from util.images import save_grid, to_uint8, upscale_nearest
 @torch.no_grad()
 def reconstruct(autoencoder, images, side):
     """(image at side * stride px, codes (B, side, side), reconstruction) of images (B, 3, H, W) in [-1, 1]."""
-    x = pyramid_image(images, side, autoencoder.stride)
+    x = autoencoder.pyramid_image(images, side)
     codes = autoencoder.quantize_latents(autoencoder.encode(x))
     return x, codes, autoencoder.decode(autoencoder.codes_to_latents(codes))
 

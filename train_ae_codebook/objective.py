@@ -15,13 +15,6 @@ def training_sides(sides, levels, p_random_scale, generator):
     return below if levels < 0 else below[-levels:]
 
 
-def pyramid_image(images, side, stride):
-    """images (B, 3, H, W) bilinearly resized (align_corners=False, no antialias) to side * stride pixels."""
-    if side * stride == images.shape[-1]:
-        return images
-    return F.interpolate(images, size=(side * stride,) * 2, mode='bilinear', align_corners=False)
-
-
 def scale_weights(sides):
     """Loss weight of each scale, proportional to sqrt(tokens) = side, summing to 1."""
     return [s / sum(sides) for s in sides]
@@ -49,7 +42,7 @@ class PyramidObjective(nn.Module):
         zero = images.new_zeros(())
         vq, recon, latents, codes = zero, zero, {}, {}
         for side, weight in zip(sides, scale_weights(sides)):
-            x = pyramid_image(images, side, ae.stride)  # (B, 3, s*f, s*f)
+            x = ae.pyramid_image(images, side)  # (B, 3, s*f, s*f)
             with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
                 z = ae.encode(x)  # (B, E, s, s)
             latents[side] = z

@@ -14,16 +14,17 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from train_ae_codebook.build import (SCHEMA, autoencoder_config, build_autoencoder, build_datasets, check_args,
+from train_ae_codebook.build import (SCHEMA, build_autoencoder, build_datasets, check_args,
                                      frozen_modules, load_start_weights, pyramid_sides, spread_images,
                                      spread_subset)
 from train_ae_codebook.codebook import (MomentStats, init_codebook_from_stats, live_codes, perplexity,
                                         reinit_dead_codes, update_usage)
 from train_ae_codebook.metrics import evaluate_pyramid, flat_metrics, format_metrics, save_pyramid_picture
 from train_ae_codebook.objective import PyramidObjective, training_sides
+from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, load_config, read_config, write_yaml
 from util.distributed import all_reduce_mean, all_reduce_sum, barrier, cleanup, init_distributed, is_initialized
@@ -32,17 +33,6 @@ from util.run_log import RunLog
 from util.schedule import cosine_schedule
 
 PICTURE_IMAGES = 8
-
-
-def epoch_batches(dataset, epoch, skip, args, dist):
-    """DataLoader over this rank's shuffled share of the dataset in `epoch`, leaving out its first skip batches."""
-    sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args['seed'],
-                                 drop_last=True)
-    sampler.set_epoch(epoch)
-    dataset.set_epoch(epoch)
-    indices = list(sampler)[skip * args['batch_size']:]
-    return DataLoader(dataset, args['batch_size'], sampler=indices, num_workers=args['num_workers'],
-                      drop_last=True, pin_memory=dist.device.type == 'cuda')
 
 
 class Trainer:
@@ -73,22 +63,25 @@ class Trainer:
             load_start_weights(self.autoencoder, init['checkpoint'])
         self.build_training(frozen_modules(self.autoencoder, init))
         if state is not None:
-            self.resume(state, checkpoint_path)
+            self.resume(checkpoint_path, state)
         self.log = RunLog(args['output_dir'], self.dist.is_main, name=LOG_FILE)
         self.log.truncate_after(self.step)
         if self.dist.is_main:
             write_yaml({'model': config['model'], 'args': args}, os.path.join(args['output_dir'], CONFIG_FILE))
-            write_yaml(autoencoder_config(config['model']),
+            write_yaml(self.autoencoder.config.to_published(),
                        os.path.join(args['output_dir'], 'autoencoder_config.yaml'))
 
     def build_data(self):
         args = self.args
         self.train_set, val_set = build_datasets(args, self.autoencoder.resolution, args['seed'])
         self.val_set = spread_subset(val_set, args['val_images']) if val_set is not None else None
-        self.steps_per_epoch = len(self.train_set) // (args['batch_size'] * self.dist.world_size)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"{len(self.train_set)} training images are fewer than batch_size "
-                              f"{args['batch_size']} x {self.dist.world_size} rank(s)")
+        try:
+            self.sampler = GlobalBatchSampler(len(self.train_set), args['batch_size'], self.dist.rank,
+                                              self.dist.world_size, args['seed'])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=args['num_workers'],
+                                 pin_memory=self.dist.device.type == 'cuda')
 
     def build_training(self, frozen):
         """Freeze, move to the device, wrap the objective (DDP under torchrun), make the optimizer."""
@@ -111,7 +104,7 @@ class Trainer:
         self.scheduler = cosine_schedule(self.optimizer, args['steps'], args['quantize_iter_start'],
                                          args['lr'] * args['min_lr_ratio'], warmup_lr_init=args['lr'])
 
-    def resume(self, state, path):
+    def resume(self, path, state):
         """Optimizer, step, random states and latent statistics of a checkpoint (the weights are loaded)."""
         try:
             self.optimizer.load_state_dict(state['optimizer'])
@@ -133,7 +126,7 @@ class Trainer:
         """One optimizer step (or one statistics step); returns the numbers to log."""
         args, ae = self.args, self.autoencoder
         quantize = bool(ae.quantize.initialized)
-        sides = training_sides(self.sides, ae.requant_pyramid_levels, args['p_train_random_scale'], self.generator)
+        sides = training_sides(self.sides, ae.config.requant_pyramid_levels, args['p_train_random_scale'], self.generator)
         self.scheduler.step_update(self.step)
         with torch.set_grad_enabled(self.objective.reconstruct or quantize):
             out = self.model(images, sides, quantize)
@@ -171,12 +164,12 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = {'state_dict': self.autoencoder.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                 'step': self.step, 'epoch': self.step // self.steps_per_epoch,
+                 'step': self.step, 'epoch': self.step // self.sampler.batches_per_epoch,
                  'rng': {'torch': torch.get_rng_state(), 'generator': self.generator.get_state()},
                  'codebook_stats': self.stats.state_dict(), 'config': self.config}
         save_checkpoint(state, os.path.join(self.args['output_dir'], LAST_CHECKPOINT))
 
-    def validate(self, final=False):
+    def val_metrics(self, final=False):
         """Per-scale metrics on the validation images and a picture (rank 0); None before the codebook exists."""
         results = None
         if self.dist.is_main and self.val_set is not None and bool(self.autoencoder.quantize.initialized):
@@ -199,8 +192,10 @@ class Trainer:
         bar = tqdm(total=args['steps'], initial=self.step, disable=not self.dist.is_main, desc='train')
         window, started, first_step = [], time.time(), self.step
         while self.step < args['steps']:
-            epoch, skip = divmod(self.step, self.steps_per_epoch)
-            for images, _, _ in epoch_batches(self.train_set, epoch, skip, args, self.dist):
+            epoch, start = divmod(self.step, self.sampler.batches_per_epoch)
+            self.sampler.set_epoch(epoch, start)
+            self.train_set.set_epoch(epoch)
+            for images, _, _ in self.loader:
                 record = self.train_step(images.to(self.dist.device, non_blocking=True))
                 window.append(record)
                 if 'init_rows' in record and self.dist.is_main:
@@ -221,13 +216,13 @@ class Trainer:
                 if self.step % args['save_every'] == 0:
                     self.save()
                 if args['val_every'] and self.step % args['val_every'] == 0 and self.step < args['steps']:
-                    self.validate()
+                    self.val_metrics()
                 if self.step >= args['steps']:
                     break
         bar.close()
         if self.step > first_step:  # a finished run that is only re-checked leaves its checkpoint untouched
             self.save()
-        results = self.validate(final=True)
+        results = self.val_metrics(final=True)
         if results is not None:
             print(format_metrics(results))
         self.log.close()
@@ -246,7 +241,7 @@ def train(config):
 def main(argv=None):
     owns_process_group = not is_initialized()
     try:
-        with exit_on_error((ConfigError, CheckpointError)):
+        with exit_on_error():
             train(load_config(argv, SCHEMA, __doc__.splitlines()[0]))
     finally:
         if owns_process_group:

@@ -9,13 +9,14 @@ import zipfile
 import torch
 
 from util.atomic import atomic_write
+from util.errors import UsageError
 
 SAFE_GLOBALS = [argparse.Namespace]
 RESUME_HINT = 'choose another --output_dir (or --resume), or the config it was trained with'
 UNSAFE_FLAG = '--unsafe_load'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be used, with a message naming the file and the problem."""
 
 

@@ -4,17 +4,21 @@
 Every `args` key is declared in a schema (type, default, help), so unknown keys and wrong types are caught
 before any work, each with one clear line."""
 import argparse
+import dataclasses
 import difflib
 import os
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from util.atomic import atomic_write
+from util.errors import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration problem, reported as one line and exit status 2."""
 
 
@@ -36,7 +40,7 @@ def check_keys(section, valid, where, hint='', source=None):
     for key in section:
         if key not in valid:
             near = closest(key, valid) or f'; valid keys: {sorted(valid)}'
-            raise ConfigError(f"{source + ': ' if source else ''}unknown key '{where}.{key}'{near}{hint}")
+            raise ConfigError(f"{f'{source}: ' if source else ''}unknown key '{where}.{key}'{near}{hint}")
 
 
 def check_type(key, value, option):
@@ -52,12 +56,74 @@ def check_type(key, value, option):
     return float(value) if kind is float else value
 
 
+def typed_value(value, kind, where):
+    """value checked against a type annotation (a dataclass, int, float, bool, str, dict, tuple or a union
+    of them; an int is a float, a list a tuple), converted to it; ConfigError naming where otherwise."""
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where} must be a section of keys, got {value!r}')
+        return from_mapping(kind, value, where)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        for option in typing.get_args(kind):
+            try:
+                return typed_value(value, option, where)
+            except ConfigError:
+                pass
+        names = ' or '.join('null' if option is type(None) else option.__name__ for option in typing.get_args(kind))
+        raise ConfigError(f'{where} must be {names}, got {value!r}')
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str),
+          dict: isinstance(value, dict), tuple: isinstance(value, (list, tuple)),
+          type(None): value is None}[kind]
+    if not ok:
+        raise ConfigError(f'{where} must be {"null" if kind is type(None) else kind.__name__}, got {value!r}')
+    return float(value) if kind is float else tuple(value) if kind is tuple else value
+
+
+def from_mapping(cls, values, where, source=None):
+    """An instance of dataclass cls from a config section: an unknown key (with the closest valid one), a
+    missing required key or a value of the wrong type is a ConfigError naming where (the section's dotted
+    name) and source (its file)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    check_keys(values, fields, where, source=source)
+    prefix = f'{source}: ' if source else ''
+    kwargs = {}
+    for name, field in fields.items():
+        if name in values:
+            try:
+                kwargs[name] = typed_value(values[name], hints[name], f'{where}.{name}')
+            except ConfigError as e:
+                raise ConfigError(prefix + str(e)) from None
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}missing key '{where}.{name}'")
+    return cls(**kwargs)
+
+
+def to_mapping(obj):
+    """A dataclass as plain YAML/JSON types (nested dicts, lists for tuples)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(obj))
+
+
 def parse_value(text):
-    """A command-line value in YAML syntax: 3 -> int, 1e-4 -> float, true -> bool, [1, 2] -> list."""
+    """A command-line value in YAML syntax: 3 -> int, true -> bool, [1, 2] -> list; and a number Python reads
+    that YAML 1.1 leaves a string (1e-4, nan, inf) -> float."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def parse_text(text):

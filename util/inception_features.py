@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from util.adm_metrics import spatial_vectors
 from util.atomic import atomic_write
+from util.errors import UsageError
 
 INCEPTION_GRAPH_URL = ('https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/'
                        'classify_image_graph_def.pb')
@@ -30,7 +31,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 ARRAY_NAME = 'arr_0'
 
 
-class InputError(Exception):
+class InputError(UsageError):
     """An unusable input, with a one-line message: what is wrong, where, and how to fix it."""
 
 

@@ -1,9 +1,11 @@
-"""Mixed precision: bf16 autocast where the hardware multiplies bf16 natively, fp32 otherwise."""
+"""Precisions, one list for every command: fp32; tf32 (fp32 tensors, TF32 matmuls and convolutions: GPUs
+only); bf16 (autocast). 'auto' picks bf16 where the hardware multiplies bf16 natively, fp32 otherwise."""
 import contextlib
 
 import torch
 
-DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
+PRECISIONS = ('fp32', 'tf32', 'bf16')
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16}
 
 
 def cpu_has_bf16_units():
@@ -16,20 +18,41 @@ def cpu_has_bf16_units():
     return 'amx_bf16' in flags or 'avx512_bf16' in flags
 
 
+def check_precision(precision, device, allow_auto=False):
+    """ValueError unless precision is one of PRECISIONS ('auto' too where allowed) and runs on device."""
+    names = ('auto', *PRECISIONS) if allow_auto else PRECISIONS
+    if precision not in names:
+        raise ValueError(f"precision must be one of {', '.join(names)}, got {precision!r}")
+    if precision == 'tf32' and torch.device(device).type != 'cuda':
+        raise ValueError('precision tf32 is a GPU setting (TF32 matmuls); use fp32 or bf16 on a CPU')
+
+
 def resolve_precision(precision, device):
-    """'auto' -> 'bf16' on GPUs with bf16 and CPUs with bf16 units, else 'fp32'; others pass through."""
+    """'auto' -> 'bf16' on GPUs with bf16 and CPUs with bf16 units, else 'fp32'; others are checked and kept."""
+    check_precision(precision, device, allow_auto=True)
     if precision != 'auto':
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         return precision
     if device.type == 'cuda':
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
     return 'bf16' if device.type == 'cpu' and cpu_has_bf16_units() else 'fp32'
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled):
+    """TF32 matmuls and convolutions on (or off) inside the block, restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def autocast(device, precision, cache=True):
-    """Autocast context for a resolved precision ('fp32' gives a no-op context). cache=False stops autocast
-    from caching cast weights, which CUDA graph capture needs."""
-    if DTYPES[precision] is None:
+    """The context of a resolved precision: bf16 autocast, TF32 matmuls, or nothing for fp32. cache=False
+    stops autocast from caching cast weights, which CUDA graph capture needs."""
+    if precision == 'tf32':
+        return tf32_matmuls(True)
+    if precision not in AUTOCAST_DTYPES:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache)
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], cache_enabled=cache)

@@ -5,7 +5,9 @@ import math
 import os
 import sys
 
+from util.atomic import DiskFullError
 from util.config import ConfigError
+from util.errors import UsageError
 from util.distributed import on_every_rank
 
 LAST_CHECKPOINT = 'checkpoint-last.pth'
@@ -43,14 +45,15 @@ def check_finite(loss, step, output_dir, device):
 
 
 @contextlib.contextmanager
-def exit_on_error(usage_errors):
-    """A command's failures as one 'error: ...' line on stderr: usage_errors (bad input) exit with status 2,
-    a non-finite loss with status 1."""
+def exit_on_error():
+    """A command's expected failures as one 'error: ...' line on stderr (docs/design.md, the error policy):
+    the project's UsageErrors (bad input: config, checkpoint, data, flag value) exit with status 2, a
+    non-finite loss or a full disk with status 1. Anything else is a bug and keeps its traceback."""
     try:
         yield
-    except usage_errors as e:
+    except UsageError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, DiskFullError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)

@@ -12,10 +12,18 @@ def base_lr(args, global_batch):
     return args['lr'] if args['lr'] is not None else args['blr'] * global_batch / 256
 
 
-def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.95)):
-    """AdamW; no weight decay on 1-D parameters (norms, embeddings' scalars) and biases."""
-    groups = param_groups_weight_decay(model, weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+def adamw(groups, lr):
+    """AdamW with the published betas (0.9, 0.95)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+OPTIMIZERS = {'adamw': adamw}  # args.optimizer: name -> optimizer of (parameter groups, lr)
+
+
+def build_optimizer(name, model, lr, weight_decay):
+    """The optimizer OPTIMIZERS[name]; no weight decay on 1-D parameters (norms, embeddings' scalars) and
+    biases."""
+    return OPTIMIZERS[name](param_groups_weight_decay(model, weight_decay), lr)
 
 
 def cosine_schedule(optimizer, total_steps, warmup_steps, min_lr, warmup_lr_init=0.0):

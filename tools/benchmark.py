@@ -1,10 +1,10 @@
 """Sampling and training-step throughput of a random-weight generator, against the matmul peak measured in
 the same process. Prints figures; writes nothing.
 
-    python -m models.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
-    python -m models.benchmark --config configs/config_256_L.yaml --batch_size 8 64 256 --precision bf16 tf32 \
+    python -m tools.benchmark --config configs/config_256_S.yaml --batch_size 8 --cfg 2.0 --steps_per_scale 4
+    python -m tools.benchmark --config configs/config_256_L.yaml --batch_size 8 64 256 --precision bf16 tf32 \
         --train_batch_size 64 --device cuda
-    python -m models.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
+    python -m tools.benchmark --config configs/shapes32.yaml --autoenc_config train_ae_codebook/configs/shapes32.yaml \
         --skip_sampling --train_batch_size 64 --precision fp32 --compile
 """
 import argparse
@@ -17,10 +17,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_generator
+from models.generator_config import GeneratorConfig
 from models.graphed_sampler import GraphedSampler
-from util.precision import autocast
-
-PRECISIONS = ('fp32', 'tf32', 'bf16')  # tf32: fp32 tensors, TF32 matmuls and convolutions (GPUs only)
+from models.sample_settings import SampleSettings
+from util.precision import PRECISIONS, autocast, check_precision
 
 
 def timed(fn, repeats):
@@ -34,14 +34,6 @@ def timed(fn, repeats):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def use_precision(device, precision):
-    """Set TF32 on or off for the precision; returns the autocast precision ('fp32' or 'bf16')."""
-    if precision == 'tf32' and device.type != 'cuda':
-        raise SystemExit('error: --precision tf32 is a GPU setting; use fp32 or bf16 on a CPU')
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == 'tf32'
-    return 'bf16' if precision == 'bf16' else 'fp32'
 
 
 def matmul_peak(device, precision, size=2048, repeats=5):
@@ -63,9 +55,10 @@ def random_model(config_path, device, autoenc_config=None):
         model_cfg = yaml.safe_load(f)['model']
     if autoenc_config:
         model_cfg['autoenc'] = {**model_cfg['autoenc'], 'config_path': autoenc_config}
-    if model_cfg.get('class_cond'):
-        model_cfg.setdefault('num_classes', 10)  # configs of built-in data leave it to the dataset (10 classes)
-    model = build_generator(model_cfg, load_autoencoder_checkpoint=False, device=device).eval()
+    config = GeneratorConfig.from_dict(model_cfg, source=config_path)
+    if config.class_cond and not config.num_classes:
+        config = config.replace(num_classes=10)  # configs of built-in data leave it to the dataset (10 classes)
+    model = build_generator(config, load_autoencoder_checkpoint=False, device=device).eval()
     torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # zero at init: give the logits some spread
     return model
 
@@ -98,7 +91,7 @@ def growing_cache_baseline(model, run):
     return baseline
 
 
-def scale_times(model, kwargs, device):
+def scale_times(model, settings, kwargs, device):
     """Seconds spent on each scale in one sampling run (synchronized at every scale's end)."""
     marks = []
 
@@ -108,29 +101,29 @@ def scale_times(model, kwargs, device):
         marks.append(time.perf_counter())
 
     start = time.perf_counter()
-    model.sample(**kwargs, on_scale=mark)
+    model.sample(settings, **kwargs, on_scale=mark)
     return [b - a for a, b in zip([start] + marks[:-1], marks)]
 
 
-def bench_sampling(model, batch, args, device, precision):
-    """(counted FLOPs, median seconds, tokens, peak memory in MiB or None) of sampling one batch."""
+def bench_sampling(model, batch, settings, repeats, graphed, device):
+    """(counted FLOPs, median seconds, tokens, peak memory in MiB or None, seconds of the growing-cache
+    baseline, seconds of the graphed sampler or None, seconds per scale) of sampling one batch."""
     labels = torch.arange(batch, device=device) % max(model.num_classes, 1) if model.class_cond else None
-    kwargs = dict(labels=labels, batch_size=None if model.class_cond else batch, cfg=args.cfg,
-                  steps_per_scale=args.steps_per_scale, seeds=list(range(batch)), precision=precision,
+    kwargs = dict(labels=labels, batch_size=None if model.class_cond else batch, seeds=list(range(batch)),
                   decode='none')
-    run = lambda: model.sample(**kwargs)  # noqa: E731
+    run = lambda: model.sample(settings, **kwargs)  # noqa: E731
     flops = counted_flops(run)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(run, args.repeats)
+    seconds = timed(run, repeats)
     memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
-    baseline = timed(growing_cache_baseline(model, run), args.repeats)
-    per_scale = scale_times(model, kwargs, device)
-    graphed = None
-    if args.graphed:  # the same batch as one CUDA graph (on a CPU: the same static path, uncaptured)
-        sampler = GraphedSampler(model, batch, cfg=args.cfg, steps_per_scale=args.steps_per_scale, precision=precision)
-        graphed = timed(lambda: sampler(labels=labels, seeds=list(range(batch)), decode='none'), args.repeats)
-    return flops, seconds, batch * model.num_positions, memory, baseline, graphed, per_scale
+    baseline = timed(growing_cache_baseline(model, run), repeats)
+    per_scale = scale_times(model, settings, kwargs, device)
+    graphed_seconds = None
+    if graphed:  # the same batch as one CUDA graph (on a CPU: the same static path, uncaptured)
+        sampler = GraphedSampler(model, batch, settings)
+        graphed_seconds = timed(lambda: sampler(labels=labels, seeds=list(range(batch)), decode='none'), repeats)
+    return flops, seconds, batch * model.num_positions, memory, baseline, graphed_seconds, per_scale
 
 
 def masked_baseline_forward(model, codes, labels):
@@ -177,7 +170,8 @@ def main(argv=None):
     parser.add_argument('--train_batch_size', type=int, default=8)
     parser.add_argument('--cfg', type=float, default=2.0)
     parser.add_argument('--steps_per_scale', type=int, default=4)
-    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=PRECISIONS)
+    parser.add_argument('--precision', nargs='+', default=['fp32', 'bf16'], choices=PRECISIONS,
+                        help='tf32: fp32 tensors with TF32 matmuls and convolutions (GPUs only)')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--graphed', action='store_true', help='also time models.graphed_sampler (a CUDA graph)')
     parser.add_argument('--skip_training', action='store_true')
@@ -194,11 +188,16 @@ def main(argv=None):
           f'{model.num_positions} tokens/image, device {device}, {torch.get_num_threads()} threads')
     results = {}
     for name in args.precision:
-        precision = use_precision(device, name)
-        peak = matmul_peak(device, name)
+        try:
+            check_precision(name, device)
+        except ValueError as e:
+            raise SystemExit(f'error: --precision: {e}') from None
+        settings = SampleSettings(cfg=args.cfg, steps_per_scale=args.steps_per_scale, precision=name)
+        with autocast(device, name):  # tf32: TF32 matmuls
+            peak = matmul_peak(device, name)
         for batch in [] if args.skip_sampling else args.batch_size:
-            flops, seconds, tokens, memory, baseline, graphed, per_scale = bench_sampling(model, batch, args, device,
-                                                                                          precision)
+            flops, seconds, tokens, memory, baseline, graphed, per_scale = bench_sampling(
+                model, batch, settings, args.repeats, args.graphed, device)
             achieved = flops / seconds / 1e9
             results[name] = seconds
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | sampling batch {batch} cfg {args.cfg} '
@@ -214,15 +213,15 @@ def main(argv=None):
                       f'({seconds / graphed:.2f}x the eager sampler, {baseline / graphed:.2f}x the baseline), '
                       f'{100 * flops / graphed / 1e9 / peak:.0f}% of peak')
         if not args.skip_training:
-            ours = bench_training(model, args, device, precision, baseline=False)
-            plain = bench_training(model, args, device, precision, baseline=True)
+            ours = bench_training(model, args, device, name, baseline=False)
+            plain = bench_training(model, args, device, name, baseline=True)
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | training step (forward+backward, batch '
                   f'{args.train_batch_size}, cached codes): {ours:.0f} tokens/s; plain dense-mask forward/backward '
                   f'{plain:.0f} tokens/s')
             if args.compile:
                 start = time.perf_counter()
                 model.compile_for_training()
-                compiled = bench_training(model, args, device, precision, baseline=False)  # warm-up compiles
+                compiled = bench_training(model, args, device, name, baseline=False)  # warm-up compiles
                 step_seconds = args.train_batch_size * model.num_positions / compiled
                 compile_seconds = time.perf_counter() - start - (args.repeats + 1) * step_seconds
                 model.compiled_transformer = None

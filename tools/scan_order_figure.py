@@ -1,7 +1,7 @@
 """The scan-order figure (docs/scan_order.png): for each scale of a pyramid, the sampling step of every position,
 and the rank of every position in the progressive checkerboard order at the top scale.
 
-    python -m models.scan_order_figure docs/scan_order.png
+    python -m tools.scan_order_figure docs/scan_order.png
 """
 import sys
 
