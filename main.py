@@ -374,7 +374,7 @@ class Trainer:
                     return
             bar.close()
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            keep = False
+            keep = bool(args['keep_every_epochs']) and self.epoch % args['keep_every_epochs'] == 0
             self.save(keep=keep)
             if args['eval_freq'] and (self.epoch % args['eval_freq'] == 0 or self.epoch == args['epochs']):
                 self.evaluate()

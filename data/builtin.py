@@ -37,6 +37,9 @@ BUILTIN_DATASETS = {
     # the CPU demo (configs/demo.yaml): upright shapes of at least 0.3 x 16 px radius on black, for a 4x4 top token grid
     'shapes16-simple': dict(FULL_VARIATION, size=16, train_per_class=300, val_per_class=100, rotation=0,
                             background='black', radius=[0.3, 0.4]),
+    # the same at 32 px, for a 16x16 top token grid under a stride-2 autoencoder (configs/sweeps/paper_regime.yaml)
+    'shapes32-simple': dict(FULL_VARIATION, size=32, train_per_class=300, val_per_class=100, rotation=0,
+                            background='black', radius=[0.3, 0.4]),
 }
 BACKGROUNDS = ('varied', 'black')
 

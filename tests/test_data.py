@@ -233,5 +233,5 @@ def test_resolve_data_path(tmp_path, monkeypatch):
     root = resolve_data_path('shapes32', tmp_path / 'cache')
     assert root == os.path.join(tmp_path / 'cache', 'shapes32')
     assert os.path.exists(os.path.join(root, 'train', CLASSES[0], '00000.png'))
-    with pytest.raises(ValueError, match='shapes32, shapes32-small, shapes64, shapes16-simple'):
+    with pytest.raises(ValueError, match='shapes32, shapes32-small, shapes64, shapes16-simple, shapes32-simple'):
         resolve_data_path('imagenet_typo', tmp_path / 'cache')
