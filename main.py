@@ -36,6 +36,7 @@ from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
 from util.precision import PRECISIONS, autocast, check_precision, resolve_precision
+from util.provenance import file_sha256
 from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, check_finite, exit_on_error, find_resume,
                           kept_checkpoint)
 from util.run_log import RunLog
@@ -68,7 +69,8 @@ TRAIN_OPTIONS = {
     'weight_decay': Option(float, 0.01, 'AdamW weight decay'),
     'clip_grad': Option(float, 0.0, 'clip the gradient norm to this value (0: off)'),
     'ema': Option(float, 0.0, 'EMA decay of model_ema (0: no EMA)'),
-    'precision': Option(str, 'auto', f'auto (bf16 where the hardware has bf16 units) or one of {", ".join(PRECISIONS)}'),
+    'precision': Option(str, 'auto', 'auto (bf16 where the hardware has bf16 units) or one of '
+                                     + ', '.join(PRECISIONS)),
     'seed': Option(int, 0, 'seed of data order, augmentation and training randomness'),
     'device': Option(str, None, 'cpu or cuda (default: cuda when available)'),
     'compile': Option(bool, False, 'torch.compile the transformer for training steps (up to two minutes of '
@@ -220,6 +222,7 @@ class Trainer:
             load_resumed_weights(self.model, resume[1]['model'], resume[0])
         files = config['model'].autoenc
         self.autoenc_config = read_autoencoder_config(resolve_path(files.config_path), files.params)
+        self.autoenc_sha256 = file_sha256(resolve_path(files.checkpoint_path))
         self.data_root = data_root
         self.dataset = self.build_dataset()
         self.sampler = GlobalBatchSampler(len(self.dataset), args['batch_size'], self.dist.rank,
@@ -277,7 +280,8 @@ class Trainer:
                 'args': argparse.Namespace(**self.args),
                 'step': self.step, 'batch_in_epoch': self.batch_in_epoch,
                 'scheduler': self.scheduler.state_dict(), 'rng': rng_states(self.train_gen),
-                'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published()}
+                'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published(),
+                'autoenc_sha256': self.autoenc_sha256}
 
     def save(self, keep=False):
         """The last checkpoint (and a numbered keep) with the config beside it; rank 0 writes, atomically."""

@@ -219,7 +219,8 @@ def parse_box(text, size):
     try:
         x0, y0, x1, y1 = (int(v) for v in text.split(','))
     except ValueError:
-        raise ConfigError(f"--edit_mask {text}: neither an image file nor a box 'x0,y0,x1,y1' of whole pixels") from None
+        raise ConfigError(f"--edit_mask {text}: neither an image file nor a box 'x0,y0,x1,y1' of whole "
+                          'pixels') from None
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
         raise ConfigError(f'--edit_mask box {text} must lie inside the {size}x{size} image with x0 < x1 and y0 < y1')
     return x0, y0, x1, y1
@@ -252,8 +253,9 @@ def edit_inputs(args, size):
 
 def write_edits(model, settings, image, keep, labels, num_images, base_seed, folder):
     """Edit image (3, S, S) keeping keep (S, S) with SampleSettings: one sample per label (or num_images for an
-    unconditional model), sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white = kept), edit_NNNN.png
-    and edit_grid.png (input, the input with the redrawn region dimmed, the edits) to folder."""
+    unconditional model), sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white =
+    kept), edit_NNNN.png and edit_grid.png (input, the input with the redrawn region dimmed, the edits) to
+    folder."""
     n = num_images if labels is None else len(labels)
     device = model.seq_positions.device
     images, keeps = image[None].expand(n, -1, -1, -1).to(device), keep[None].expand(n, -1, -1).to(device)

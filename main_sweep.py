@@ -1,29 +1,42 @@
 """Ablation sweeps: train variants of one config and measure each at several sampling schedules.
 
-    python main_sweep.py --config configs/sweeps/ablations.yaml
+    python main_sweep.py --config configs/sweeps/ablations.yaml [--remeasure | --tables_only]
 
 The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
-model: and args: keys), the training seeds and the evaluation. Every variant x seed trains with main.py's
-trainer into OUTPUT_DIR/<variant>-seed<seed>/ (a rerun skips finished runs and resumes an interrupted one)
-and is then evaluated, its figures saved as RESULTS_DIR/runs/<variant>-seed<seed>.json with its training config
-(default RESULTS_DIR: OUTPUT_DIR); a run whose figures are there with the same evaluation settings is neither
-trained nor measured again, so a sweep whose results folder is kept (say, committed) resumes on a machine without
-its checkpoints (figures of a run trained with another config are an error, never reused):
+model: and args: keys, and of evaluation.likelihood_schedules / evaluation.sample_schedules), the training
+seeds and the evaluation. Every variant x seed trains with main.py's trainer into OUTPUT_DIR/<variant>-seed<seed>/
+(a rerun resumes an interrupted run) and is then evaluated on its own data, its figures saved as
+RESULTS_DIR/runs/<variant>-seed<seed>.json (default RESULTS_DIR: OUTPUT_DIR) with their provenance: the code
+version, the sha256 of the autoencoder and of the class probe, the resolved training config, the evaluation
+settings, torch's version, the machine, and the wall time of training and of every measurement:
 - the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
   under every likelihood schedule, in bits per image and per scale;
-- sample quality at every sample schedule: class consistency with its binomial standard error and the probe's
-  Frechet distance (evaluation.sample_quality.probe_report), and torch-fidelity FID / IS where Inception weights are given and
-  the data has an eval_reference folder.
-After each run it rewrites RESULTS_DIR/results.json, results.md and two plots, nll_vs_steps.png and
-quality_vs_steps.png: one curve per variant against the total number of serial steps, error bars the standard
-deviation over seeds. Runs of one seed share their data order, so the tables also give each run minus the same
-seed's run of its reference (the sweep's first variant with the same pyramid). Runs go seed by seed, so every
-variant has one seed before any has two.
+- sample quality at every sample schedule (evaluation.sample_quality.probe_report, evaluation.two_sample):
+  class consistency, the probe's Frechet distance, precision and recall in its feature space, the held-out
+  accuracy of a classifier told to separate the samples from real val images, the sampling time per image,
+  and torch-fidelity FID / IS where Inception weights are given and the data has an eval_reference folder;
+  beside them the ceiling, each figure for real val images against a disjoint set of real val images.
+
+A stored run is reused only when its autoencoder, probe, resolved config and evaluation settings are this
+sweep's; otherwise the sweep stops with one line saying what differs: --remeasure measures the runs' existing
+checkpoints again (no retraining), or choose another results_dir. A finished checkpoint is evaluated only when
+its own config and autoencoder are the run's. Portability: when the sweep trains its autoencoder
+(args.autoenc_train_config of the base config), its weights and config are kept in RESULTS_DIR/autoencoder/ and
+every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; a results folder that is
+committed with them resumes on another machine without retraining either. --tables_only rewrites the tables
+and plots from the stored runs without checking them.
+
+After each run it rewrites RESULTS_DIR/results.json, results.md and the plots (evaluation.sweep_tables): one
+curve per variant against the total number of serial steps (and the sampling time per image), error bars the
+standard deviation over seeds. Runs of one seed share their data order, so the tables also give each run minus
+the same seed's run of its reference (the sweep's first variant with the same pyramid). Runs go seed by seed,
+so every variant has one seed before any has two.
 """
 import argparse
 import json
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -31,18 +44,21 @@ import yaml
 
 import main as train_main
 from data.image_folder import load_real_images
-from evaluation import sample_quality
+from evaluation import sample_quality, sweep_tables
+from evaluation.two_sample import two_sample_accuracy
 from models import build_generator, load_generator
+from models.autoencoder import load_autoencoder, save_autoencoder
 from models.checkerboard import format_schedule, serial_steps
-from models.generator_config import GeneratorConfig
+from models.generator_config import AutoencoderFiles, GeneratorConfig
 from models.likelihood import bits, code_log_likelihood
+from models.load import resolve_path
 from models.sample_batches import draw_samples
 from models.sample_settings import SampleSettings
 from util.atomic import atomic_write
-from util.checkpoint import load_checkpoint
+from util.checkpoint import flatten, load_checkpoint
 from util.config import ConfigError, check_keys, read_config
-from util.figures import curves_figure, save_figure
 from util.images import from_uint8, save_png
+from util.provenance import code_version, file_sha256, machine, short_version, software
 from util.run_dir import LAST_CHECKPOINT, exit_on_error
 
 SWEEP_KEYS = ('base', 'output_dir', 'results_dir', 'seeds', 'variants', 'evaluation')
@@ -57,8 +73,12 @@ EVALUATION = {  # key: default
     'temperature': 1.0,
     'seed': 0,
     'probe_epochs': 20,
+    'two_sample_epochs': 10,  # training epochs of the two-sample classifier (0: no two-sample test)
     'inception_weights': None,
 }
+POSITIVE = ('likelihood_images', 'num_samples', 'batch_size', 'probe_epochs')
+PER_VARIANT = ('likelihood_schedules', 'sample_schedules')  # evaluation keys a variant may override
+AUTOENCODER_PATHS = ('model.autoenc.config_path', 'model.autoenc.checkpoint_path')  # where, not what: not compared
 
 
 def read_sweep(path):
@@ -74,19 +94,27 @@ def read_sweep(path):
     evaluation = sweep.get('evaluation') or {}
     check_keys(evaluation, EVALUATION, 'evaluation', source=path)
     sweep['evaluation'] = {**EVALUATION, **evaluation}
+    for key in POSITIVE + ('two_sample_epochs',):
+        value = sweep['evaluation'][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (key in POSITIVE):
+            raise ConfigError(f'{path}: evaluation.{key} must be a whole number >= {int(key in POSITIVE)}, '
+                              f'got {value!r}')
     sweep.setdefault('seeds', [0])
     sweep.setdefault('output_dir', os.path.join('outputs', os.path.splitext(os.path.basename(path))[0]))
     sweep.setdefault('results_dir', sweep['output_dir'])
     if not isinstance(sweep['variants'], dict) or not all(isinstance(v or {}, dict)
                                                           for v in sweep['variants'].values()):
         raise ConfigError(f'{path}: variants must map a name to its overrides ({{model.scan_order: raster}})')
+    for variant, overrides in sweep['variants'].items():
+        evaluation = {k[len('evaluation.'):] for k in overrides or {} if k.startswith('evaluation.')}
+        check_keys(evaluation, PER_VARIANT, f'variants.{variant}.evaluation', source=path)
     return sweep
 
 
 def run_config(sweep, variant, seed):
     """The typed training config of one run (main.typed_config): the base config, the variant's overrides, the
     seed and the run folder."""
-    overrides = sweep['variants'][variant] or {}
+    overrides = {k: v for k, v in (sweep['variants'][variant] or {}).items() if not k.startswith('evaluation.')}
     args = {key.removeprefix('args.'): value for key, value in overrides.items() if not key.startswith('model.')}
     model = {key[len('model.'):]: value for key, value in overrides.items() if key.startswith('model.')}
     args.update(seed=seed, output_dir=os.path.join(sweep['output_dir'], f'{variant}-seed{seed}'))
@@ -96,15 +124,58 @@ def run_config(sweep, variant, seed):
         raise ConfigError(f'variant {variant}: {e}') from None
 
 
-def finished(config):
-    """Whether the run's last checkpoint has reached args.epochs (or args.max_steps)."""
-    args = config['args']
-    path = os.path.join(args['output_dir'], LAST_CHECKPOINT)
-    if not os.path.isfile(path):
-        return False
-    state = load_checkpoint(path)
-    return state['epoch'] >= args['epochs'] or bool(args['max_steps']) and state['step'] >= args['max_steps']
+def run_settings(sweep, variant):
+    """The evaluation settings of a variant: the sweep's, with the variant's evaluation.* overrides."""
+    overrides = sweep['variants'][variant] or {}
+    return {**sweep['evaluation'], **{k[len('evaluation.'):]: v for k, v in overrides.items()
+                                      if k.startswith('evaluation.')}}
 
+
+def sweep_sample_settings(settings, schedule):
+    """The SampleSettings of the sweep's samples at one schedule."""
+    return SampleSettings(cfg=settings['cfg'], cfg_start_step=settings['cfg_start_step'],
+                          temperature=settings['temperature'], steps_per_scale=schedule)
+
+
+# ---- the sweep's autoencoder and probe ---------------------------------------------------------------------
+
+def prepare_autoencoder(sweep, configs):
+    """The run configs with the autoencoder they use. When the base config trains its autoencoder
+    (args.autoenc_train_config), its weights and config are kept in RESULTS_DIR/autoencoder/ (trained and
+    copied there when missing) and every run uses that copy."""
+    first = next(iter(configs.values()))
+    if not first['args']['autoenc_train_config']:
+        return configs
+    folder = os.path.join(sweep['results_dir'], 'autoencoder')
+    weights, config_file = os.path.join(folder, 'checkpoint.pth'), os.path.join(folder, 'autoencoder_config.yaml')
+    if not os.path.isfile(weights):
+        train_main.ensure_autoencoder(first)
+        files = first['model'].autoenc
+        save_autoencoder(load_autoencoder(files.config_path, files.checkpoint_path, params=files.params), folder)
+        print(f'autoencoder: weights and config kept in {folder} (sha256 {file_sha256(weights)[:12]})')
+    kept = AutoencoderFiles(config_path=config_file, checkpoint_path=weights)
+    return {name: {**config, 'model': config['model'].replace(autoenc=kept)} for name, config in configs.items()}
+
+
+def probe_path(sweep, data_root, data_roots):
+    """RESULTS_DIR/class_probe.pth, or class_probe-<dataset folder>.pth when the runs use several datasets."""
+    if len(set(data_roots)) == 1:
+        return os.path.join(sweep['results_dir'], 'class_probe.pth')
+    return os.path.join(sweep['results_dir'], f'class_probe-{os.path.basename(os.path.normpath(data_root))}.pth')
+
+
+def real_ceiling(probe, data_root, img_size, settings, device):
+    """The two-sample accuracy of real val images against a disjoint set of real val images, of the samples'
+    number and size (the sets of probe_report): the two-sample test's ceiling."""
+    if not settings['two_sample_epochs']:
+        return {}
+    images, _, _ = load_real_images(data_root, 'val', img_size, log=lambda message: None)
+    real_a, real_b = sample_quality.real_halves(images, settings['num_samples'], settings['seed'])
+    return {'two_sample_accuracy_real': two_sample_accuracy(real_a, real_b, img_size, device, settings['seed'],
+                                                            settings['two_sample_epochs'])}
+
+
+# ---- measurements ------------------------------------------------------------------------------------------
 
 def heldout_codes(model, data_root, settings):
     """Codes [(N, s, s)] and labels (N,) of a seeded subset of data_root/val, ADM center-cropped."""
@@ -116,8 +187,9 @@ def heldout_codes(model, data_root, settings):
 
 
 def likelihood(model, codes, labels, schedule, batch_size):
-    """Mean NLL in bits per image (with its standard error over the images) and per scale of the held-out
-    codes under a schedule."""
+    """Mean NLL in bits per image (with its standard error over the images) and per scale of the held-out codes
+    under a schedule, and the seconds it took."""
+    start = time.perf_counter()
     settings = SampleSettings(steps_per_scale=schedule)
     nats = torch.cat([code_log_likelihood(model, [c[i:i + batch_size] for c in codes],
                                           labels[i:i + batch_size] if model.class_cond else None, settings)
@@ -125,263 +197,218 @@ def likelihood(model, codes, labels, schedule, batch_size):
     per_image = bits(-nats).sum(1)  # (N,)
     return {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule),
             'bits_per_image': float(per_image.mean()), 'bits_per_image_se': float(per_image.std() / len(nats) ** 0.5),
-            'bits_per_scale': bits(-nats).mean(0).tolist()}
-
-
-def sweep_sample_settings(settings, schedule):
-    """The SampleSettings of the sweep's samples at one schedule."""
-    return SampleSettings(cfg=settings['cfg'], cfg_start_step=settings['cfg_start_step'],
-                          temperature=settings['temperature'], steps_per_scale=schedule)
+            'bits_per_scale': bits(-nats).mean(0).tolist(), 'seconds': time.perf_counter() - start}
 
 
 def measure_samples(model, schedule, settings, data_root, probe, folder):
-    """Class consistency (with its standard error), probe Frechet distance and, where possible, FID / IS of
-    num_samples class-balanced seeded samples drawn with a schedule."""
-    n = settings['num_samples']
+    """The sample figures at one schedule (see the module docstring) of num_samples class-balanced seeded
+    samples, with their ceilings under 'real'."""
+    n, device = settings['num_samples'], model.seq_positions.device
+    start = time.perf_counter()
     parts = list(draw_samples(model, sweep_sample_settings(settings, schedule), list(range(n)), n,
                               settings['seed'], settings['batch_size']))
+    seconds = time.perf_counter() - start
     images = np.concatenate([images for _, _, images in parts])  # (N, H, W, 3) uint8
-    record = {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule)}
+    record = {'schedule': schedule, 'serial_steps': serial_steps(model.sides, schedule),
+              'sampling_seconds': seconds, 'seconds_per_image': seconds / n}
+    real = {}
     if model.class_cond:
         labels = torch.cat([labels for _, labels, _ in parts])
-        report = sample_quality.probe_report(probe, images, labels, data_root, model.seq_positions.device,
-                                        seed=settings['seed'])
+        report = sample_quality.probe_report(probe, images, labels, data_root, device, seed=settings['seed'])
         p = report['class_consistency']
-        record.update(class_consistency=p, class_consistency_se=math.sqrt(p * (1 - p) / n), frechet=report['frechet'])
+        record.update(class_consistency=p, class_consistency_se=math.sqrt(p * (1 - p) / n),
+                      **{k: report[k] for k in ('frechet', 'precision', 'recall')})
+        real = {k: report[k] for k in sweep_tables.CEILING.values() if k in report}
+    if settings['two_sample_epochs']:
+        val, _, _ = load_real_images(data_root, 'val', model.img_size, log=lambda message: None)
+        real_a, _ = sample_quality.real_halves(val, n, settings['seed'])
+        record['two_sample_accuracy'] = two_sample_accuracy(images, real_a, model.img_size, device, settings['seed'],
+                                                            settings['two_sample_epochs'])
     if settings['inception_weights']:
         sample_dir = os.path.join(folder, f'samples_{format_schedule(schedule)}')
         os.makedirs(sample_dir, exist_ok=True)
         for i, image in enumerate(images):
             save_png(image, os.path.join(sample_dir, f'{i:06d}.png'))
         record.update(sample_quality.fidelity_metrics(sample_dir, os.path.join(data_root, 'eval_reference'),
-                                                 model.seq_positions.device, settings['inception_weights']))
-    return record
+                                                      device, settings['inception_weights']))
+    record['seconds'] = time.perf_counter() - start
+    return record, real
 
+
+# ---- provenance and reuse ----------------------------------------------------------------------------------
 
 def training_record(config):
     """What a run was trained with (its resolved config), as stored beside its figures (JSON types)."""
     return json.loads(json.dumps(train_main.config_record(config)))
 
 
-def stored_training(stored):
-    """The training record of stored figures with every model default filled in (records written before the
-    model config was resolved left defaults out)."""
-    training = stored.get('training') or {}
+def normalized(record):
+    """A stored training record with every model default filled in (records written before the model config was
+    resolved left defaults out), flattened to dotted keys, the autoencoder's paths left out."""
+    record = dict(record or {})
     try:
-        return {**training, 'model': GeneratorConfig.from_dict(training.get('model') or {}).to_dict()}
+        record['model'] = GeneratorConfig.from_dict(record.get('model') or {}).to_dict()
     except ConfigError:
-        return training
+        pass
+    return {k: v for k, v in flatten(record).items() if k not in AUTOENCODER_PATHS}
 
 
-def stored_evaluation(path, settings, config):
-    """A run's evaluation saved at path with these settings, or None. Figures of a run trained with another
-    config are a ConfigError: they would be reused in its place."""
+def first_difference(stored, current):
+    """(dotted key, stored value, current value) of the first setting in which two training records differ."""
+    stored, current = normalized(stored), normalized(current)
+    differing = (k for k in {**stored, **current} if stored.get(k) != current.get(k))
+    return next(((k, stored.get(k), current.get(k)) for k in differing), None)
+
+
+def stale_reason(stored, expected):
+    """Why stored figures cannot stand for this sweep's run (None if they can): expected holds the
+    provenance hashes, the training record and the settings this sweep would measure with."""
+    provenance = stored.get('provenance')
+    if not provenance:
+        return 'they were measured before runs recorded their provenance'
+
+    def another(key, what):
+        return f'another {what} (sha256 {str(provenance.get(key))[:12]}, now {str(expected["provenance"][key])[:12]})'
+
+    if provenance.get('autoencoder_sha256') != expected['provenance']['autoencoder_sha256']:
+        return another('autoencoder_sha256', 'autoencoder')
+    difference = first_difference(stored.get('training'), expected['training'])
+    if difference:
+        return f'another training config ({difference[0]}: {difference[1]!r} there, {difference[2]!r} now)'
+    if stored.get('settings') != expected['settings']:
+        changed = sorted(k for k in {**stored.get('settings', {}), **expected['settings']}
+                         if stored.get('settings', {}).get(k) != expected['settings'].get(k))
+        return f'other evaluation settings ({", ".join(changed)})'
+    if provenance.get('probe_sha256') != expected['provenance']['probe_sha256']:
+        return another('probe_sha256', 'class probe')
+    return None
+
+
+def checkpoint_status(config, autoencoder_sha256):
+    """'missing', 'unfinished' or 'finished' for the run's last checkpoint; a checkpoint of another config or
+    autoencoder is a ConfigError (it would be resumed or measured in the run's place)."""
+    args = config['args']
+    path = os.path.join(args['output_dir'], LAST_CHECKPOINT)
     if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        stored = json.load(f)
-    if stored_training(stored) != training_record(config):
-        raise ConfigError(f'{path} holds the figures of a run trained with another config; delete it and the '
-                          "run's output folder, or choose another results_dir")
-    return stored if stored['settings'] == settings else None
+        return 'missing'
+    state = load_checkpoint(path)
+    way_out = f'delete {args["output_dir"]} or choose another output_dir'
+    difference = first_difference(state.get('config'), training_record(config))
+    if difference:
+        raise ConfigError(f'{path} holds a run of another config ({difference[0]}: {difference[1]!r} there, '
+                          f'{difference[2]!r} in this sweep); {way_out}')
+    if state.get('autoenc_sha256') != autoencoder_sha256:
+        raise ConfigError(f'{path} was trained on another autoencoder (sha256 {str(state.get("autoenc_sha256"))[:12]}'
+                          f', the sweep\'s is {autoencoder_sha256[:12]}); {way_out}')
+    done = state['epoch'] >= args['epochs'] or bool(args['max_steps']) and state['step'] >= args['max_steps']
+    return 'finished' if done else 'unfinished'
 
 
-def evaluate_run(config, settings, data_root, probe, device, path):
-    """Measure a trained run (likelihoods, sample qualities) and save the result to path."""
+def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling, path):
+    """Measure a trained run (likelihoods, sample qualities) and save its figures with provenance to path."""
     folder = config['args']['output_dir']
+    start = time.perf_counter()
     model = load_generator(os.path.join(folder, LAST_CHECKPOINT), use_ema=bool(config['args']['ema']), device=device)
     codes, labels = heldout_codes(model, data_root, settings)
+    likelihoods = [likelihood(model, codes, labels, s, settings['batch_size'])
+                   for s in settings['likelihood_schedules']]
+    samples, real = [], dict(ceiling)
+    for schedule in settings['sample_schedules']:
+        record, real_figures = measure_samples(model, schedule, settings, data_root, probe, folder)
+        samples.append(record)
+        real.update(real_figures)
     result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
-              'likelihood': [likelihood(model, codes, labels, s, settings['batch_size'])
-                             for s in settings['likelihood_schedules']],
-              'samples': [measure_samples(model, s, settings, data_root, probe, folder)
-                          for s in settings['sample_schedules']]}
+              'provenance': {**provenance, 'code': code_version(), 'software': software(), 'machine': machine(device),
+                             'data_root': data_root, 'measure_seconds': time.perf_counter() - start},
+              'ceiling': real, 'likelihood': likelihoods, 'samples': samples}
     with atomic_write(path, 'w') as f:
         json.dump(result, f, indent=1)
     return result
 
 
-def mean_std(values):
-    """(mean, standard deviation over seeds or None for one seed)."""
-    values = np.asarray(values, float)
-    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
-
-
-PAIRED = {'likelihood': 'bits_per_image', 'samples': 'class_consistency'}  # compared with a reference run
-
-
-def references(results, sweep):
-    """{variant: the first variant of the sweep with the same pyramid (scale sides)}; a variant is its own."""
-    sides = {variant: run['sides'] for variant in sweep['variants'] for seed in sweep['seeds']
-             if (run := results.get(f'{variant}-seed{seed}'))}
-    return {variant: next(v for v in sides if sides[v] == sides[variant]) for variant in sides}
-
-
-def minus_reference(rows, reference_rows, metric):
-    """rows with metric_minus_reference: the metric minus the reference run's at the same schedule."""
-    return [{**row, f'{metric}_minus_reference': row[metric] - base[metric]} if metric in row else row
-            for row, base in zip(rows, reference_rows)]
-
-
-def paired_figures(results, sweep, reference):
-    """Every run with the figures that pair it with runs of its own seed (which share its data order, so these
-    spread less over seeds than the figures themselves): per likelihood row bits_above_most_steps (the NLL
-    minus the run's NLL at its most serial steps, comparable across pyramids of different sizes), and, where
-    the variant's reference has run with this seed, bits_per_image_minus_reference and
-    class_consistency_minus_reference. reference: references(results, sweep)."""
-    paired = {}
-    for variant in reference:
-        for seed in sweep['seeds']:
-            run = results.get(f'{variant}-seed{seed}')
-            if run is None:
-                continue
-            if run['likelihood']:
-                most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
-                run = {**run, 'likelihood': [{**row, 'bits_above_most_steps': row['bits_per_image'] - most}
-                                             for row in run['likelihood']]}
-            base = results.get(f'{reference[variant]}-seed{seed}')
-            if reference[variant] != variant and base is not None:
-                run.update({part: minus_reference(run[part], base[part], metric) for part, metric in PAIRED.items()})
-            paired[f'{variant}-seed{seed}'] = run
-    return paired
-
-
-def aggregate(results, sweep):
-    """{variant: {'reference': ..., 'likelihood': [...], 'samples': [...]}}: per schedule the serial steps and,
-    per metric (paired_figures' included), the mean and standard deviation over the seeds that have it."""
-    reference = references(results, sweep)
-    paired = paired_figures(results, sweep, reference)
-    table = {}
-    for variant in reference:
-        runs = [paired[name] for name in (f'{variant}-seed{seed}' for seed in sweep['seeds']) if name in paired]
-        table[variant] = {'reference': reference[variant]}
-        for part, metrics in (('likelihood', ('bits_per_image', 'bits_per_image_se', 'bits_above_most_steps',
-                                              'bits_per_image_minus_reference')),
-                              ('samples', ('class_consistency', 'frechet', 'fid', 'isc',
-                                           'class_consistency_minus_reference'))):
-            rows = []
-            for entries in zip(*(run[part] for run in runs)):
-                row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
-                for metric in metrics:
-                    values = [e[metric] for e in entries if metric in e]
-                    if values:
-                        row[metric], row[f'{metric}_std'] = mean_std(values)
-                rows.append(row)
-            table[variant][part] = rows
-    return table
-
-
-def number(mean, std, digits):
-    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
-
-
-def markdown(table, sweep):
-    seeds = ', '.join(map(str, sweep['seeds']))
-    pairs = ', '.join(f'{variant} against {parts["reference"]}' for variant, parts in table.items()
-                      if parts['reference'] != variant)
-    lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
-             'deviation over the seeds. "Minus the reference": each run minus the run of the same seed of the '
-             f'sweep\'s first variant with the same pyramid ({pairs or "none"}).', '']
-
-    def table_lines(part, columns):
-        lines = ['| variant | schedule | serial steps | ' + ' | '.join(column[1] for column in columns) + ' |',
-                 '| --- ' * (3 + len(columns)) + '|']
-        for variant, parts in table.items():
-            for row in parts[part]:
-                cells = [number(row[m], row[f'{m}_std'] if spread else None, d) if m in row else '–'
-                         for m, _, d, spread in columns]
-                lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
-                             + ' | '.join(cells) + ' |')
-        return lines
-
-    lines += table_lines('likelihood', [('bits_per_image', 'NLL (bits per image)', 1, True),
-                                        ('bits_per_image_se', 'standard error over the images', 1, False),
-                                        ('bits_above_most_steps', 'NLL above the most steps', 1, True),
-                                        ('bits_per_image_minus_reference', 'NLL minus the reference', 1, True)])
-    if any(parts['samples'] for parts in table.values()):
-        n = sweep['evaluation']['num_samples']
-        lines += [''] + table_lines('samples', [
-            ('class_consistency', f'class consistency ({n} samples)', 3, True),
-            ('class_consistency_minus_reference', 'class consistency minus the reference', 3, True),
-            ('frechet', 'probe Fréchet', 2, True), ('fid', 'FID', 2, True)])
-    return '\n'.join(lines) + '\n'
-
-
-def plots(table, folder):
-    """nll_vs_steps.png (the NLL above each variant's NLL at its most steps, which is comparable across pyramids
-    of different sizes) and, with class-conditional samples, quality_vs_steps.png in folder."""
-    def curves(part, metric):
-        found = {}
-        for variant, parts in table.items():
-            rows = sorted((r for r in parts[part] if metric in r), key=lambda r: r['serial_steps'])
-            if rows:
-                std = [r[f'{metric}_std'] for r in rows]
-                found[variant] = ([r['serial_steps'] for r in rows], [r[metric] for r in rows],
-                                  None if None in std else std)
-        return found
-
-    written = []
-    for part, metric, ylabel, name in (
-            ('likelihood', 'bits_above_most_steps', 'NLL minus NLL at the most steps (bits per image)',
-             'nll_vs_steps.png'),
-            ('samples', 'class_consistency', 'class consistency of samples', 'quality_vs_steps.png')):
-        found = curves(part, metric)
-        if found:
-            figure = curves_figure(found, 'total serial steps (log scale)', ylabel, ylabel + ' vs serial steps')
-            save_figure(figure, os.path.join(folder, name))
-            written.append(name)
-    return written
-
+# ---- the sweep -----------------------------------------------------------------------------------------------
 
 def write_results(results, sweep):
     """results.json, results.md and the plots of the runs evaluated so far."""
-    table = aggregate(results, sweep)
+    table = sweep_tables.aggregate(results, sweep)
+    real = sweep_tables.ceiling(results)
     folder = sweep['results_dir']
     with atomic_write(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump({'sweep': sweep, 'runs': results, 'variants': table}, f, indent=1)
+        json.dump({'sweep': sweep, 'runs': results, 'variants': table, 'ceiling': real}, f, indent=1)
     with atomic_write(os.path.join(folder, 'results.md'), 'w') as f:
-        f.write(markdown(table, sweep))
-    written = plots(table, folder)
+        f.write(sweep_tables.markdown(table, sweep, real))
+    written = sweep_tables.plots(table, folder, real)
     print(f"{len(results)} run(s) in {folder}/results.json, results.md{''.join(', ' + name for name in written)}")
     return table
 
 
-def run_sweep(sweep, device):
+def stored_runs(sweep):
+    """{run name: its stored figures} of every run of the sweep that has them."""
+    results = {}
+    for seed in sweep['seeds']:
+        for variant in sweep['variants']:
+            path = os.path.join(sweep['results_dir'], 'runs', f'{variant}-seed{seed}.json')
+            if os.path.isfile(path):
+                with open(path) as f:
+                    results[f'{variant}-seed{seed}'] = json.load(f)
+    return results
+
+
+def run_sweep(sweep, device, remeasure=False):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
     first), rewriting the results after each; returns the aggregated table."""
-    typed = {f'{variant}-seed{seed}': run_config(sweep, variant, seed)
-             for seed in sweep['seeds'] for variant in sweep['variants']}
-    first = next(iter(typed.values()))
-    if first['args']['autoenc_train_config']:
-        train_main.ensure_autoencoder(first)
-    settings = sweep['evaluation']
-    configs, data_roots = {}, {}
-    for name, config in typed.items():  # every check before any training
+    runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
+    names = {name: variant for name, (variant, _) in runs.items()}
+    configs = prepare_autoencoder(sweep, {name: run_config(sweep, *run) for name, run in runs.items()})
+    data_roots, autoencoder_sha256 = {}, {}
+    for name, config in configs.items():  # every check before any training
         configs[name], data_roots[name] = train_main.resolve_run(config)
+        settings = run_settings(sweep, names[name])
         sides = build_generator(configs[name]['model'], load_autoencoder_checkpoint=False).sides
         for schedule in settings['likelihood_schedules'] + settings['sample_schedules']:
             sweep_sample_settings(settings, schedule).check(sides, device)
-    probes = {}
-    if first['model'].class_cond and settings['sample_schedules']:
-        for root in dict.fromkeys(data_roots.values()):  # one probe per dataset, the first one's in output_dir
-            name = 'class_probe.pth' if not probes else f'class_probe-{len(probes)}.pth'
-            probes[root] = sample_quality.train_probe(root, min(first['model'].img_size, 64), device,
-                                                      os.path.join(sweep['output_dir'], name),
-                                                      seed=settings['seed'], epochs=settings['probe_epochs'])
-    results = {}
+        autoencoder_sha256[name] = file_sha256(resolve_path(configs[name]['model'].autoenc.checkpoint_path))
+    first = next(iter(configs.values()))
+    probes, ceilings = {}, {}
+    if first['model'].class_cond and any(run_settings(sweep, v)['sample_schedules'] for v in sweep['variants']):
+        for root in dict.fromkeys(data_roots.values()):
+            path = probe_path(sweep, root, data_roots.values())
+            probes[root] = (sample_quality.train_probe(root, min(first['model'].img_size, 64), device, path,
+                                                       seed=sweep['evaluation']['seed'],
+                                                       epochs=sweep['evaluation']['probe_epochs']), file_sha256(path))
+    results = stored_runs(sweep)
     for name, config in configs.items():
+        settings, root = run_settings(sweep, names[name]), data_roots[name]
+        probe, probe_sha256 = probes.get(root, (None, None))
+        provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256}
         path = os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
-        results[name] = stored_evaluation(path, settings, config)
-        if results[name] is not None:
-            print(f'{name}: trained and evaluated earlier ({path})')
+        reason = stale_reason(results[name], {'provenance': provenance, 'training': training_record(config),
+                                              'settings': settings}) if name in results else None
+        if name in results and reason is None:
+            version = short_version(results[name]['provenance'].get('code'))
+            print(f'{name}: trained and evaluated earlier ({path}, code {version})')
             continue
-        if finished(config):
-            print(f'{name}: finished, not retrained')
-        else:
+        if reason and not remeasure:
+            raise ConfigError(f'{path} holds figures that cannot stand for this run: {reason}; run with --remeasure to '
+                              'measure its checkpoint again (no retraining), or choose another results_dir')
+        status = checkpoint_status(config, autoencoder_sha256[name])
+        if reason and status != 'finished':
+            raise ConfigError(f'{name}: --remeasure needs its finished checkpoint in {config["args"]["output_dir"]} '
+                              f'({status}); choose another results_dir to train it again')
+        train_seconds = None
+        if status != 'finished':
             print(f'{name}: training into {config["args"]["output_dir"]}')
+            start = time.perf_counter()
             train_main.train(config)
+            train_seconds = time.perf_counter() - start
+        else:
+            print(f'{name}: finished, not retrained')
+        if root not in ceilings:
+            ceilings[root] = real_ceiling(probe, root, config['model'].img_size, settings, device) if probe else {}
         print(f'{name}: evaluating')
-        results[name] = evaluate_run(config, settings, data_roots[name], probes.get(data_roots[name]), device, path)
+        results[name] = evaluate_run(config, settings, root, probe, device,
+                                     {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
+                                     ceilings[root], path)
         write_results(results, sweep)
     return write_results(results, sweep)
 
@@ -391,10 +418,19 @@ def main(argv=None):
     parser.add_argument('--config', required=True,
                         help='sweep YAML: base, output_dir, results_dir, seeds, variants, evaluation')
     parser.add_argument('--device', help='cpu or cuda (default: cuda when available)')
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument('--remeasure', action='store_true',
+                       help='measure again, from their finished checkpoints, the runs whose stored figures do not fit')
+    which.add_argument('--tables_only', action='store_true',
+                       help='rewrite the tables and plots from the stored runs, without checking or running anything')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with exit_on_error():
-        run_sweep(read_sweep(args.config), device)
+        sweep = read_sweep(args.config)
+        if args.tables_only:
+            write_results(stored_runs(sweep), sweep)
+        else:
+            run_sweep(sweep, device, args.remeasure)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ import torch
 from data.image_folder import load_real_images, scan_image_folder
 from models.class_probe import class_consistency, feature_frechet, fit_probe, load_probe, probe_outputs, save_probe
 from models.sample_batches import draw_samples
+from util import adm_metrics
 from util.distributed import DistInfo, all_gather_objects
 from util.images import from_uint8, save_grid, save_png
 
@@ -53,29 +54,39 @@ def train_probe(root, image_size, device, out_path, max_images=None, seed=0, log
     return probe
 
 
+def real_halves(val_feats, n, seed):
+    """Two disjoint seeded subsets (A, B) of the val features, each of min(n, N // 2) rows."""
+    m = min(n, len(val_feats) // 2)
+    order = torch.randperm(len(val_feats), generator=torch.Generator().manual_seed(seed)).numpy()
+    return val_feats[order[:m]], val_feats[order[m:2 * m]]
+
+
 def probe_report(probe, samples, labels, real_root, device, max_images=None, seed=0):
-    """The probe's view of samples (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1]) with requested labels:
-    - class_consistency: share assigned to the requested class;
-    - real_class_consistency: the same for the held-out real images (real_root/val, a seeded subset of at most
-      max_images), the probe's val accuracy: the ceiling;
-    - frechet: Frechet distance between sample and val features;
-    - frechet_real_baseline: the same for a seeded subset of real_root/train of the samples' size vs val, so
-      both distances compare equal numbers of images with the same val set (Frechet distances are biased by
-      set size)."""
+    """The probe's view of samples (uint8 (N, H, W, 3) or float (N, 3, H, W) in [-1, 1]) with requested labels,
+    each figure beside its ceiling, the same figure for real images against real images:
+    - class_consistency: share assigned to the requested class; ceiling real_class_consistency, the probe's
+      accuracy on the held-out real images (real_root/val, a seeded subset of at most max_images);
+    - frechet, precision, recall: Frechet distance and ADM's k-NN precision / recall (util.adm_metrics) in the
+      probe's feature space, between a seeded subset of the samples and set A of the val images; ceilings
+      frechet_real, precision_real, recall_real: val set B against set A. A and B are disjoint and of
+      the same size, min(N, val images / 2), so every distance compares equal numbers of images (Frechet
+      distances are biased by set size)."""
     if len(samples) != len(labels) or len(samples) < 2:
         raise ValueError(f'probe_report: need >= 2 samples and one label each, got {len(samples)} and {len(labels)}')
     val_images, val_labels, classes = load_real_images(real_root, 'val', probe.image_size, max_images, seed)
     if classes != probe.classes:
         raise ValueError(f'probe_report: probe trained for classes {probe.classes}, {real_root} has {classes}')
-    train_images, _, _ = load_real_images(real_root, 'train', probe.image_size, max_images=len(samples), seed=seed)
     logits, feats = probe_outputs(probe, samples, device)
     val_logits, val_feats = probe_outputs(probe, val_images, device)
-    _, train_feats = probe_outputs(probe, train_images, device)
+    real_a, real_b = real_halves(val_feats, len(samples), seed)
+    subset = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed + 1))[:len(real_a)].numpy()
+    precision, recall = adm_metrics.precision_recall(real_a, feats[subset])
+    precision_real, recall_real = adm_metrics.precision_recall(real_a, real_b)
     return {'class_consistency': class_consistency(logits, labels),
             'real_class_consistency': class_consistency(val_logits, val_labels),
-            'frechet': feature_frechet(feats, val_feats),
-            'frechet_real_baseline': feature_frechet(train_feats, val_feats),
-            'num_samples': len(samples)}
+            'frechet': feature_frechet(feats[subset], real_a), 'frechet_real': feature_frechet(real_b, real_a),
+            'precision': precision, 'recall': recall, 'precision_real': precision_real, 'recall_real': recall_real,
+            'num_samples': len(samples), 'num_real': len(real_a)}
 
 
 def evaluate_generator(model, settings, dist: DistInfo, data_root, folder, *, num_samples, batch_size, seed,

@@ -10,8 +10,9 @@ import yaml
 
 from models.autoencoder_config import AutoencoderConfig
 from models.vq_layers import Decoder, Encoder
-from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict, unwrap_state_dict
-from util.config import ConfigError
+from util.checkpoint import (CheckpointError, load_checkpoint, load_matching_state_dict, save_checkpoint,
+                             unwrap_state_dict)
+from util.config import ConfigError, write_yaml
 
 # buffers of published/LlamaGen checkpoints that carry no weights of this model
 IGNORED_KEYS = ('quantize.codebook_used',)
@@ -153,3 +154,12 @@ def load_autoencoder_weights(model, checkpoint_path, allow_unsafe=False):
         sd.setdefault(key, own[key])
     load_matching_state_dict(model, sd, checkpoint_path, ignore=IGNORED_KEYS)
     model.quantize.initialized.fill_(True)
+
+
+def save_autoencoder(autoencoder, folder):
+    """The autoencoder's weights and architecture only (no optimizer state), as load_autoencoder reads them:
+    folder/checkpoint.pth ({'state_dict': ...}) and folder/autoencoder_config.yaml; returns their paths."""
+    weights, config = os.path.join(folder, 'checkpoint.pth'), os.path.join(folder, 'autoencoder_config.yaml')
+    save_checkpoint({'state_dict': autoencoder.state_dict()}, weights)
+    write_yaml(autoencoder.config.to_published(), config)
+    return weights, config

@@ -67,7 +67,7 @@ class SampleSettings:
 
     def describe(self):
         """One line for logs: 'cfg 2 from step 1, schedule 4, temperature 1, ...'."""
-        cut = ''.join([f', top-k {self.top_k}' if self.top_k else '', f', top-p {self.top_p}' if self.top_p < 1 else ''])
+        cut = (f', top-k {self.top_k}' if self.top_k else '') + (f', top-p {self.top_p}' if self.top_p < 1 else '')
         guidance = f'cfg {self.cfg:g} from step {self.cfg_start_step}' if self.guided else 'no guidance'
         return (f'{guidance}, schedule {format_schedule(self.steps_per_scale)}, temperature {self.temperature:g}'
                 f'{cut}, {self.precision}')

@@ -118,7 +118,8 @@ def test_any_config_of_the_format(tmp_path, cfg):
     dd = {k: cfg[k] for k in ('ch', 'ch_mult', 'z_channels', 'num_res_blocks')}
     params = dict(embed_dim=cfg['embed_dim'], n_embed=cfg['n_embed'], normalize=cfg['normalize'], ddconfig=dd)
     write_config(tmp_path / 'ae.yaml', params)
-    source = VQAutoencoder(AutoencoderConfig(n_embed=cfg['n_embed'], embed_dim=cfg['embed_dim'], normalize=cfg['normalize'], **dd))
+    source = VQAutoencoder(AutoencoderConfig(n_embed=cfg['n_embed'], embed_dim=cfg['embed_dim'],
+                                             normalize=cfg['normalize'], **dd))
     randomize(source, 0)
     torch.save({'state_dict': source.state_dict()}, tmp_path / 'ae.pth')
     ae = load_autoencoder(tmp_path / 'ae.yaml', tmp_path / 'ae.pth')

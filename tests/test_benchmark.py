@@ -1,4 +1,5 @@
 """tools/benchmark.py runs on a tiny config and prints its figures (a smoke test: no timing is asserted)."""
+import pytest
 import torch
 import yaml
 
@@ -8,11 +9,12 @@ from test_generator import random_generator
 from tools import benchmark
 
 
-def test_benchmark_prints_its_figures(tmp_path, capsys):
+@pytest.mark.parametrize('one_scale, sides', [(False, '[1, 2, 4], 21 tokens/image'), (True, '[4], 16 tokens/image')])
+def test_benchmark_prints_its_figures(tmp_path, capsys, one_scale, sides):
     dd = dict(ch=32, ch_mult=[1, 2, 2, 2], z_channels=32, num_res_blocks=1)
     (tmp_path / 'ae.yaml').write_text(yaml.safe_dump({'model': {'params': dict(embed_dim=4, n_embed=64,
                                                                               normalize=True, ddconfig=dd)}}))
-    model = dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False,
+    model = dict(img_size=32, scale_ratio=2, class_cond=True, use_head_mlp=False, one_scale=one_scale,
                  autoenc=dict(config_path='written/later.yaml', checkpoint_path='unused.pth'),
                  llama_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2))
     (tmp_path / 'tiny.yaml').write_text(yaml.safe_dump({'model': model}))
@@ -22,8 +24,8 @@ def test_benchmark_prints_its_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'sampling batch 2 ' in out and 'sampling batch 3 ' in out and 'graphed sampler, batch 3' in out
     assert 'baseline with a growing KV cache (as published), batch 3' in out
-    assert 'time per scale 1x1 ' in out and ', 4x4 ' in out
-    assert 'sides [1, 2, 4], 21 tokens/image' in out
+    assert ('time per scale 4x4 ' if one_scale else 'time per scale 1x1 ') in out and '4x4 ' in out
+    assert f'sides {sides}' in out
     assert '% of peak' in out and 'GFLOP counted' in out
     assert 'plain dense-mask forward/backward' in out
 

@@ -10,7 +10,8 @@ from PIL import Image
 from util.checkpoint import CheckpointError
 from data.image_folder import load_real_images
 from evaluation.sample_quality import probe_report, train_probe
-from models.class_probe import feature_frechet, load_probe
+from models.class_probe import feature_frechet, load_probe, probe_outputs
+from util.adm_metrics import precision_recall
 
 SIZE = 16
 COLOURS = {'blue': (30, 40, 220), 'green': (40, 200, 50), 'red': (220, 40, 30)}  # sorted, as ImageFolder sorts
@@ -96,8 +97,22 @@ def test_consistency_right_and_wrong_labels(trained):
     wrong = probe_report(probe, val, (labels + 1) % len(COLOURS), root, 'cpu')
     assert right['class_consistency'] == 1.0 == right['real_class_consistency']
     assert wrong['class_consistency'] <= 0.05
-    assert right['num_samples'] == len(val)
-    assert abs(right['frechet']) < 1e-3 < right['frechet_real_baseline']  # the val set against itself
+    assert right['num_samples'] == len(val) and right['num_real'] == len(val) // 2
+
+
+def test_the_ceiling_compares_two_disjoint_halves_of_the_val_images(trained):
+    """frechet_real, precision_real and recall_real are the figures of real val set B against set A, the two
+    disjoint seeded halves; samples identical to set A score as well as it scores against itself."""
+    root, _, probe, _ = trained
+    val, labels, _ = load_real_images(root, 'val', SIZE)  # the order probe_report reads them in
+    feats = probe_outputs(probe, val, 'cpu')[1]
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0)).numpy()
+    a, b = order[:15], order[15:30]  # the halves, by hand
+    report = probe_report(probe, val, labels, root, 'cpu')
+    assert report['frechet_real'] == pytest.approx(feature_frechet(feats[b], feats[a]), rel=1e-6)
+    assert (report['precision_real'], report['recall_real']) == precision_recall(feats[a], feats[b])
+    same = probe_report(probe, val[a], labels[a], root, 'cpu')
+    assert same['num_real'] == 15 and abs(same['frechet']) < 1e-3 < report['frechet_real']
 
 
 def test_uint8_and_float_inputs_agree_at_any_size(trained):

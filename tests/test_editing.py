@@ -49,6 +49,16 @@ def test_kept_positions_equal_the_encoded_codes_at_every_scale(model):
     assert any(not torch.equal(got[~mask], want[~mask]) for got, want, mask in zip(out.codes, codes, masks))
 
 
+def test_a_one_scale_model_keeps_its_known_codes(tmp_path):
+    model = random_generator(tmp_path, seed=8, one_scale=True)  # the 8x8 grid alone
+    images, keep = images_and_keep()
+    codes, masks = known_pyramid(model, images, keep)
+    out = edit(model, images, keep, SampleSettings(steps_per_scale=4), labels=torch.tensor([2, 0]), seeds=[1, 2],
+               decode='none')
+    assert len(out.codes) == 1 and int(masks[0].sum()) == 2 * 24
+    assert torch.equal(out.codes[0][masks[0]], codes[0][masks[0]])
+
+
 def test_keeping_everything_returns_the_encoded_pyramid(model):
     images, _ = images_and_keep()
     out = edit(model, images, torch.ones(2, 32, 32, dtype=torch.bool), SampleSettings(), labels=torch.tensor([0, 2]),

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import yaml
 
 from models import build_generator, load_generator
-from models.checkerboard import (checkerboard_order, parse_schedule, sampling_block_sizes, schedule_block_sizes,
-                                 serial_steps)
+from models.checkerboard import (checkerboard_order, parse_schedule, sampling_block_sizes, scan_ranks,
+                                 schedule_block_sizes, serial_steps)
 from models.generator_config import GeneratorConfig
 from models.likelihood import code_log_likelihood
 from models.graphed_sampler import GraphedSampler
@@ -86,7 +86,7 @@ def ref_teacher_forced_logits(model, codes, labels, steps):
     block, offset, prev = 1, 0, None
     for i, s in enumerate(model.sides):
         n, b = s * s, max(1, s * s // steps)
-        rank = checkerboard_order(s).reshape(-1)
+        rank = scan_ranks(s, model.scan_order).reshape(-1)  # the orders themselves: tests/test_checkerboard.py
         cell_of_rank = torch.argsort(rank)
         vecs = codebook[codes[i].reshape(B, n)]  # (B, n, E) by cell
         if prev is None:
@@ -204,9 +204,12 @@ VARIANTS = [
     dict(embed_dim=8, n_embed=64, normalize=False, scale_ratio=4),
     dict(img_size=64, scale_ratio=3, scale_min_size=2, llama=dict(rms_norm_eps=1e-5)),
 ]
+# one-scale models (the top 8x8 grid alone): the plain raster model, and a one-scale parallel unconditional one
+ONE_SCALE = [dict(one_scale=True, scan_order='raster'), dict(one_scale=True, class_cond=False, num_classes=0)]
+SAMPLING_VARIANTS = VARIANTS[:5] + ONE_SCALE
 
 
-@pytest.mark.parametrize('variant', VARIANTS, ids=lambda v: ','.join(v) or 'base')
+@pytest.mark.parametrize('variant', VARIANTS + ONE_SCALE, ids=lambda v: ','.join(v) or 'base')
 def test_matches_spec_reference(tmp_path, variant):
     model = random_generator(tmp_path, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in variant.items()})
     codes = random_codes(model, 2)
@@ -218,7 +221,7 @@ def test_matches_spec_reference(tmp_path, variant):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
+@pytest.mark.parametrize('variant', SAMPLING_VARIANTS, ids=lambda v: ','.join(v) or 'base')
 def test_cached_sampling_equals_full_forward(tmp_path, variant):
     model = random_generator(tmp_path, seed=1, **{k: (dict(v) if isinstance(v, dict) else v)
                                                  for k, v in variant.items()}).to(DEVICE)
@@ -335,8 +338,8 @@ def test_mismatched_config_names_keys_and_shapes(tmp_path, fixtures_dir):
         load_generator(folder / 'checkpoint-last.pth')
     cfg['model']['hidden'] = 1
     (folder / 'config.yaml').write_text(yaml.safe_dump(cfg))
-    with pytest.raises(CheckpointError, match="checkpoint-last.pth: its model config does not fit this code: unknown key "
-                                              "'model.hidden'"):
+    with pytest.raises(CheckpointError, match="checkpoint-last.pth: its model config does not fit this code: "
+                                              "unknown key 'model.hidden'"):
         load_generator(folder / 'checkpoint-last.pth')
 
 
@@ -392,7 +395,7 @@ def test_sampler_follows_a_per_scale_schedule(tmp_path):
     assert out.num_steps == serial_steps(model.sides, [1, 2, 3, 8, 16]) == 31
 
 
-@pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
+@pytest.mark.parametrize('variant', SAMPLING_VARIANTS, ids=lambda v: ','.join(v) or 'base')
 def test_likelihood_equals_the_forced_sampler(tmp_path, variant):
     """The teacher-forced likelihood under a schedule equals the log-probabilities that the sampler records
     when it is forced to the same codes step by step (an independent computation, through the KV cache)."""
@@ -422,7 +425,7 @@ def test_bf16_logits_stay_close_to_fp32(tmp_path):
     assert ((low - ref).abs().max() / ref.std()).item() < 0.1
 
 
-@pytest.mark.parametrize('variant', VARIANTS[:5], ids=lambda v: ','.join(v) or 'base')
+@pytest.mark.parametrize('variant', SAMPLING_VARIANTS, ids=lambda v: ','.join(v) or 'base')
 def test_graphed_sampler_static_buffers_draw_the_eager_samples(tmp_path, variant):
     """GraphedSampler gives, for two batches of labels and seeds in a row, the codes, maps, labels and images of
     models.sampler.sample, and its second call leaves the first call's outputs as they were. On a CPU both run
@@ -452,3 +455,14 @@ def test_graphed_sampler_static_buffers_draw_the_eager_samples(tmp_path, variant
         torch.testing.assert_close(eager.images[-1], fast.images[-1])
     with pytest.raises(ValueError, match='batches of 3'):
         graphed(labels=[0, 1] if model.class_cond else None, seeds=[1, 2])
+
+
+def test_a_one_scale_raster_model_draws_one_token_per_step_in_raster_order(tmp_path):
+    """one_scale: the pyramid is the top grid alone; with the raster order and one token per step it is the
+    plain autoregressive image model: step t draws position t."""
+    model = random_generator(tmp_path, seed=9, one_scale=True, scan_order='raster')
+    assert model.sides == [8] and model.num_positions == 64
+    out = model.sample(SampleSettings(steps_per_scale=64), labels=[1], seeds=[3], decode='none')
+    assert torch.equal(out.maps['step'][0][0], torch.arange(64).reshape(8, 8)) and out.num_steps == 64
+    parallel = model.sample(SampleSettings(steps_per_scale=4), labels=[1], seeds=[3], decode='none')
+    assert parallel.num_steps == 4 and torch.equal(parallel.maps['step'][0][0], torch.arange(64).reshape(8, 8) // 16)

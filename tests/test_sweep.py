@@ -4,12 +4,15 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 import main as train_main
 import main_sweep
 from conftest import write_tiny_run
+from data.builtin import ensure_builtin_dataset
+from evaluation import sweep_tables
 from util.checkpoint import load_checkpoint
 
 
@@ -27,7 +30,7 @@ def write_sweep(base, out, **changes):
     sweep = dict(base=str(base / 'base.yaml'), output_dir=str(out), seeds=[0],
                  variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster'}},
                  evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, sample_schedules=[2],
-                                 num_samples=6, batch_size=3, probe_epochs=1))
+                                 num_samples=6, batch_size=3, probe_epochs=1, two_sample_epochs=1))
     sweep.update(changes)
     path = out.parent / f'{out.name}.yaml'
     path.write_text(yaml.safe_dump(sweep))
@@ -36,7 +39,9 @@ def write_sweep(base, out, **changes):
 
 def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_path, monkeypatch, capsys):
     out = tmp_path / 'sweep'
-    config = write_sweep(base, out)
+    config = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster'},
+                                              'one-scale': {'model.one_scale': True, 'model.scan_order': 'raster',
+                                                            'evaluation.likelihood_schedules': [1, 16]}})
     step = train_main.Trainer.train_step
 
     def dies_in_raster(self, batch):
@@ -60,19 +65,36 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     likelihood = results['runs']['raster-seed0']['likelihood']
     assert [row['serial_steps'] for row in likelihood] == [3, 1 + 4 + 4, 1 + 2 + 4]  # sides 1, 2, 4
     assert all(row['bits_per_image'] > 0 and len(row['bits_per_scale']) == 3 for row in likelihood)
+    top = {row['serial_steps']: row['top_scale_bits'] for row in results['variants']['raster']['likelihood']}
+    assert top == {row['serial_steps']: row['bits_per_scale'][-1] for row in likelihood}
+    one_scale = results['runs']['one-scale-seed0']
+    assert one_scale['sides'] == [4] and [row['serial_steps'] for row in one_scale['likelihood']] == [1, 16]
+    provenance = results['runs']['raster-seed0']['provenance']
+    assert provenance['resumed'] and provenance['train_seconds'] > 0 and provenance['data_root'] == str(base / 'shapes')
+    assert len(provenance['autoencoder_sha256']) == 64 and len(provenance['probe_sha256']) == 64
+    assert provenance['software']['torch'] == torch.__version__ and 'code' in provenance
     quality = results['variants']['checkerboard']['samples'][0]
     assert 0 <= quality['class_consistency'] <= 1 and quality['class_consistency_std'] is None
-    assert '| raster | 1,2,3 | 7 |' in (out / 'results.md').read_text()
+    assert 0 <= quality['two_sample_accuracy'] <= 1 and quality['seconds_per_image'] > 0
+    assert {'real_class_consistency', 'frechet_real', 'two_sample_accuracy_real'} <= set(results['ceiling'])
+    table = (out / 'results.md').read_text()
+    assert '| raster | 1,2,3 | 7 |' in table and '| real images (ceiling) |' in table
     assert all(row['bits_per_image_se'] > 0 for row in likelihood)
-    for name in ('nll_vs_steps.png', 'quality_vs_steps.png'):
+    for name in ('nll_vs_steps.png', 'quality_vs_steps.png', 'quality_vs_time.png'):
         with Image.open(out / name) as image:
             assert image.size[0] > 100
     cached = os.stat(out / 'runs' / 'raster-seed0.json').st_mtime_ns
     main_sweep.main(['--config', config, '--device', 'cpu'])  # nothing left to do: the evaluation is reused
     assert os.stat(out / 'runs' / 'raster-seed0.json').st_mtime_ns == cached
     capsys.readouterr()
-    main_sweep.main(['--config', write_sweep(base, out, evaluation=dict(  # new settings: measured again only
-        likelihood_schedules=[2], likelihood_images=6, sample_schedules=[], num_samples=6, batch_size=3))])
+    new_settings = write_sweep(base, out, evaluation=dict(
+        likelihood_schedules=[2], likelihood_images=6, sample_schedules=[], num_samples=6, batch_size=3))
+    with pytest.raises(SystemExit) as e:  # other settings: one line, what differs and what to do
+        main_sweep.main(['--config', new_settings])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and 'other evaluation settings (likelihood_schedules' in err[0]
+    assert '--remeasure' in err[0]
+    main_sweep.main(['--config', new_settings, '--remeasure'])  # measured again from the checkpoints only
     printed = capsys.readouterr().out
     assert 'raster-seed0: finished, not retrained' in printed and 'training into' not in printed
     assert [row['serial_steps'] for row in json.loads((out / 'runs' / 'raster-seed0.json').read_text())
@@ -80,7 +102,64 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     config = write_sweep(base, out, variants={'raster': {'model.scan_order': 'raster', 'args.epochs': 2}})
     with pytest.raises(SystemExit) as e:  # figures of a run trained otherwise are never reused
         main_sweep.main(['--config', config, '--device', 'cpu'])
-    assert e.value.code == 2 and 'trained with another config' in capsys.readouterr().err
+    assert e.value.code == 2 and "another training config (args.epochs: 1 there, 2 now)" in capsys.readouterr().err
+
+
+def sweep_once(base, out, **changes):
+    """A finished one-variant sweep: its config path."""
+    config = write_sweep(base, out, variants={'checkerboard': {}}, **changes)
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    return config
+
+
+@pytest.mark.parametrize('key, message', [('autoencoder_sha256', 'another autoencoder'),
+                                          ('probe_sha256', 'another class probe')])
+def test_figures_of_another_autoencoder_or_probe_are_refused_then_remeasured(base, tmp_path, capsys, key, message):
+    out = tmp_path / 'sweep'
+    config = sweep_once(base, out)
+    run = out / 'runs' / 'checkerboard-seed0.json'
+    stored = json.loads(run.read_text())
+    real = stored['provenance'][key]
+    stored['provenance'][key] = '0' * 64  # the figures were measured with other files
+    run.write_text(json.dumps(stored))
+    checkpoint = (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main_sweep.main(['--config', config, '--device', 'cpu'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and f'{message} (sha256 000000000000, now {real[:12]})' in err[0]
+    main_sweep.main(['--config', config, '--device', 'cpu', '--remeasure'])
+    assert 'training into' not in capsys.readouterr().out
+    assert json.loads(run.read_text())['provenance'][key] == real
+    assert (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes() == checkpoint
+
+
+def test_a_leftover_checkpoint_of_another_config_is_refused(base, tmp_path, capsys):
+    out = tmp_path / 'sweep'
+    sweep_once(base, out, results_dir=str(tmp_path / 'first'))
+    raster = write_sweep(base, out, variants={'checkerboard': {'model.scan_order': 'raster'}},
+                         results_dir=str(tmp_path / 'second'))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the folder holds a checkerboard run that would be measured as raster
+        main_sweep.main(['--config', raster, '--device', 'cpu'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "holds a run of another config (model.scan_order: 'checkerboard' there, 'raster' in this sweep)" in err[0]
+    assert not (tmp_path / 'second' / 'runs').exists()
+
+
+def test_a_variant_with_its_own_data_is_evaluated_on_it(base, tmp_path):
+    other = tmp_path / 'other'
+    ensure_builtin_dataset(str(other), 'shapes32', train_per_class=2, val_per_class=2, seed=5)
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out, variants={'checkerboard': {}, 'other-data': {'args.data_path': str(other)}})
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    runs = json.loads((out / 'results.json').read_text())['runs']
+    assert runs['checkerboard-seed0']['provenance']['data_root'] == str(base / 'shapes')
+    assert runs['other-data-seed0']['provenance']['data_root'] == str(other)
+    assert (out / 'class_probe-shapes.pth').is_file() and (out / 'class_probe-other.pth').is_file()
+    assert runs['other-data-seed0']['provenance']['probe_sha256'] != runs['checkerboard-seed0']['provenance'][
+        'probe_sha256']
 
 
 @pytest.mark.parametrize('changes, message', [
@@ -103,18 +182,48 @@ def test_paired_figures_cancel_what_a_seed_shares():
     do not; a variant with another pyramid is its own reference."""
     def run(offset, shift=0.0, sides=(1, 2, 4)):
         return {'sides': list(sides), 'samples': [],
-                'likelihood': [{'schedule': s, 'serial_steps': n, 'bits_per_image': bits + offset + shift}
+                'likelihood': [{'schedule': s, 'serial_steps': n, 'bits_per_image': bits + offset + shift,
+                                'bits_per_scale': [1.0, bits + offset + shift - 1.0]}
                                for s, n, bits in ((1, 3, 110.0), (4, 7, 100.0))]}
     sweep = {'variants': {'a': {}, 'b': {}, 'c': {}}, 'seeds': [0, 1]}
     results = {'a-seed0': run(0.0), 'a-seed1': run(20.0), 'b-seed0': run(0.0, -3.0), 'b-seed1': run(20.0, -3.0),
                'c-seed0': run(0.0, sides=(1, 4))}
-    table = main_sweep.aggregate(results, sweep)
+    table = sweep_tables.aggregate(results, sweep)
     rows = table['a']['likelihood']
     assert [row['bits_above_most_steps'] for row in rows] == [10.0, 0.0]
     assert [row['bits_above_most_steps_std'] for row in rows] == [0.0, 0.0]
     assert rows[0]['bits_per_image_std'] == pytest.approx(14.142, abs=1e-3)
     assert [(row['bits_per_image_minus_reference'], row['bits_per_image_minus_reference_std'])
             for row in table['b']['likelihood']] == [(-3.0, 0.0), (-3.0, 0.0)]
+    assert [row['top_scale_bits'] for row in rows] == [119.0, 109.0]  # the last scale's bits, mean over seeds
+    assert [row['top_scale_bits_minus_reference'] for row in table['b']['likelihood']] == [-3.0, -3.0]
     assert [parts['reference'] for parts in table.values()] == ['a', 'a', 'c']
     assert 'bits_per_image_minus_reference' not in table['c']['likelihood'][0]
-    assert '(b against a)' in main_sweep.markdown(table, {**sweep, 'base': 'base.yaml'})
+    assert '(b against a)' in sweep_tables.markdown(table, {**sweep, 'base': 'base.yaml', 'evaluation': {}}, {})
+
+
+def test_paired_frechet_and_the_ceiling_by_hand():
+    """Two seeds of a reference and a variant, sample figures at two schedules (the variant's listed in another
+    order): the paired Frechet is the per-seed difference at the same schedule, its mean and standard deviation
+    over seeds are those of (2, 4) and (-1, -3); the ceiling row holds the real-against-real figures."""
+    def run(frechet_by_schedule, consistency, seed):
+        return {'sides': [1, 2], 'likelihood': [],
+                'provenance': {'code': {'commit': f'{seed}234567abc', 'clean': seed == 0}},
+                'ceiling': {'real_class_consistency': 0.98, 'frechet_real': 1.5, 'two_sample_accuracy_real': 0.52},
+                'samples': [{'schedule': s, 'serial_steps': s * 2, 'frechet': f, 'class_consistency': consistency}
+                            for s, f in frechet_by_schedule]}
+    sweep = {'variants': {'ref': {}, 'var': {}}, 'seeds': [0, 1], 'base': 'base.yaml', 'evaluation': {'num_samples': 8}}
+    results = {'ref-seed0': run([(1, 10.0), (4, 6.0)], 0.9, 0), 'ref-seed1': run([(1, 12.0), (4, 7.0)], 0.8, 1),
+               'var-seed0': run([(4, 5.0), (1, 12.0)], 0.7, 0), 'var-seed1': run([(4, 4.0), (1, 16.0)], 0.8, 1)}
+    table = sweep_tables.aggregate(results, sweep)
+    by_schedule = {row['schedule']: row for row in table['var']['samples']}
+    assert by_schedule[1]['frechet_minus_reference'] == 3.0  # mean of 12 - 10 and 16 - 12
+    assert by_schedule[1]['frechet_minus_reference_std'] == pytest.approx(2 ** 0.5)  # std of (2, 4)
+    assert by_schedule[4]['frechet_minus_reference'] == -2.0  # mean of 5 - 6 and 4 - 7
+    assert by_schedule[4]['class_consistency_minus_reference'] == pytest.approx(-0.1)  # (0.7 - 0.9, 0.8 - 0.8)
+    real = sweep_tables.ceiling(results)
+    assert real == {'real_class_consistency': 0.98, 'frechet_real': 1.5, 'two_sample_accuracy_real': 0.52}
+    text = sweep_tables.markdown(table, sweep, real)
+    ceiling_row = next(line for line in text.splitlines() if line.startswith('| real images (ceiling)'))
+    assert ceiling_row.split(' | ')[3:5] == ['0.980', '–'] and '1.50' in ceiling_row
+    assert 'ref: 0234567, 1234567+changes' in text

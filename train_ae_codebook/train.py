@@ -126,7 +126,8 @@ class Trainer:
         """One optimizer step (or one statistics step); returns the numbers to log."""
         args, ae = self.args, self.autoencoder
         quantize = bool(ae.quantize.initialized)
-        sides = training_sides(self.sides, ae.config.requant_pyramid_levels, args['p_train_random_scale'], self.generator)
+        sides = training_sides(self.sides, ae.config.requant_pyramid_levels, args['p_train_random_scale'],
+                               self.generator)
         self.scheduler.step_update(self.step)
         with torch.set_grad_enabled(self.objective.reconstruct or quantize):
             out = self.model(images, sides, quantize)

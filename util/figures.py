@@ -124,12 +124,15 @@ def scan_order_figure(step_maps, rank_map, steps_per_scale):
     return figure
 
 
-def curves_figure(curves, xlabel, ylabel, title):
-    """Lines with error bars, one per name: curves = {name: (x, y, yerr or None)}, x ascending."""
+def curves_figure(curves, xlabel, ylabel, title, line=None):
+    """Lines with error bars, one per name: curves = {name: (x, y, yerr or None)}, x ascending; line = (y, label)
+    adds a dashed horizontal line (a ceiling)."""
     figure = new_figure(6.0, 4.0)
     ax = figure.subplots()
     for name, (x, y, yerr) in curves.items():
         ax.errorbar(x, y, yerr=yerr, marker='o', markersize=4, capsize=3, label=name)
+    if line is not None:
+        ax.axhline(line[0], color='black', linestyle='--', linewidth=1, label=line[1])
     ax.set_xscale('log', base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -1,0 +1,206 @@
+"""The tables and plots of a sweep (main_sweep.py) from its runs' figures: per variant and schedule the mean and
+standard deviation over seeds of every figure, the figures paired with the same seed's run of a reference
+variant, the ceiling (real images against real images), and each run's code version."""
+import os
+
+import numpy as np
+
+from models.checkerboard import format_schedule
+from util.figures import curves_figure, save_figure
+from util.provenance import short_version
+
+# figures compared with the reference run of the same seed, per part of a run's record
+PAIRED = {'likelihood': ('bits_per_image', 'top_scale_bits'),
+          'samples': ('class_consistency', 'frechet', 'precision', 'recall', 'two_sample_accuracy')}
+AGGREGATED = {'likelihood': ('bits_per_image', 'bits_per_image_se', 'top_scale_bits', 'bits_above_most_steps',
+                             'seconds'),
+              'samples': ('class_consistency', 'frechet', 'precision', 'recall', 'two_sample_accuracy', 'fid', 'isc',
+                          'seconds_per_image')}
+# the ceiling of a sample figure: the same figure for real images against real images
+CEILING = {'class_consistency': 'real_class_consistency', 'frechet': 'frechet_real', 'precision': 'precision_real',
+           'recall': 'recall_real', 'two_sample_accuracy': 'two_sample_accuracy_real'}
+
+
+def mean_std(values):
+    """(mean, standard deviation over seeds or None for one seed)."""
+    values = np.asarray(values, float)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def run_names(sweep, variant):
+    return [f'{variant}-seed{seed}' for seed in sweep['seeds']]
+
+
+def references(results, sweep):
+    """{variant: the first variant of the sweep with the same pyramid (scale sides)}; a variant is its own."""
+    sides = {variant: run['sides'] for variant in sweep['variants'] for name in run_names(sweep, variant)
+             if (run := results.get(name))}
+    return {variant: next(v for v in sides if sides[v] == sides[variant]) for variant in sides}
+
+
+def minus_reference(rows, reference_rows, metrics):
+    """rows with METRIC_minus_reference: the metric minus the reference run's at the same schedule."""
+    base = {format_schedule(row['schedule']): row for row in reference_rows}
+    paired = []
+    for row in rows:
+        other = base.get(format_schedule(row['schedule']), {})
+        paired.append({**row, **{f'{m}_minus_reference': row[m] - other[m] for m in metrics
+                                 if m in row and m in other}})
+    return paired
+
+
+def with_derived_figures(run):
+    """A run with the figures derived from its own rows: per likelihood row top_scale_bits (the NLL of the top
+    scale alone, beyond the coarser ones) and bits_above_most_steps (the NLL minus the run's NLL at its most
+    serial steps, comparable across pyramids of different sizes)."""
+    if not run['likelihood']:
+        return run
+    most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
+    return {**run, 'likelihood': [{**row, 'top_scale_bits': row['bits_per_scale'][-1],
+                                   'bits_above_most_steps': row['bits_per_image'] - most} for row in run['likelihood']]}
+
+
+def paired_figures(results, sweep, reference):
+    """Every run with its derived figures (with_derived_figures) and the figures that pair it with runs of its
+    own seed (which share its data order, so these spread less over seeds than the figures themselves): where
+    the variant's reference has run with this seed, METRIC_minus_reference for every PAIRED metric.
+    reference: references(results, sweep)."""
+    derived = {name: with_derived_figures(run) for name, run in results.items()}
+    paired = {}
+    for variant in reference:
+        for seed, name in zip(sweep['seeds'], run_names(sweep, variant)):
+            run = derived.get(name)
+            if run is None:
+                continue
+            base = derived.get(f'{reference[variant]}-seed{seed}')
+            if reference[variant] != variant and base is not None:
+                run = {**run, **{part: minus_reference(run[part], base[part], metrics)
+                                 for part, metrics in PAIRED.items()}}
+            paired[name] = run
+    return paired
+
+
+def ceiling(results):
+    """The real-against-real figures of the sweep's runs ({} when none has them): {figure: value}, the mean when
+    runs differ (they share the probe, the data and the sample count, so they should not)."""
+    found = {}
+    for run in results.values():
+        for key, value in (run.get('ceiling') or {}).items():
+            found.setdefault(key, []).append(value)
+    return {key: float(np.mean(values)) for key, values in found.items()}
+
+
+def aggregate(results, sweep):
+    """{variant: {'reference', 'versions', 'likelihood': [...], 'samples': [...]}}: per schedule the serial steps
+    and, per figure (paired_figures' included), the mean and standard deviation over the seeds that have it;
+    versions: the code versions its runs were measured with."""
+    reference = references(results, sweep)
+    paired = paired_figures(results, sweep, reference)
+    table = {}
+    for variant in reference:
+        runs = [paired[name] for name in run_names(sweep, variant) if name in paired]
+        versions = sorted({short_version((run.get('provenance') or {}).get('code')) for run in runs})
+        table[variant] = {'reference': reference[variant], 'versions': versions}
+        for part, metrics in AGGREGATED.items():
+            metrics = metrics + tuple(f'{m}_minus_reference' for m in PAIRED[part])
+            rows = []
+            for entries in zip(*(run[part] for run in runs)):
+                row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
+                for metric in metrics:
+                    values = [e[metric] for e in entries if metric in e]
+                    if values:
+                        row[metric], row[f'{metric}_std'] = mean_std(values)
+                rows.append(row)
+            table[variant][part] = rows
+    return table
+
+
+def number(mean, std, digits):
+    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+LIKELIHOOD_COLUMNS = [('bits_per_image', 'NLL (bits per image)', 1, True),
+                      ('bits_per_image_se', 'standard error over the images', 1, False),
+                      ('top_scale_bits', 'NLL of the top scale', 1, True),
+                      ('bits_above_most_steps', 'NLL above the most steps', 1, True),
+                      ('bits_per_image_minus_reference', 'NLL minus the reference', 1, True),
+                      ('top_scale_bits_minus_reference', 'top-scale NLL minus the reference', 1, True)]
+SAMPLE_COLUMNS = [('class_consistency', 'class consistency', 3, True),
+                  ('class_consistency_minus_reference', 'minus the reference', 3, True),
+                  ('frechet', 'probe Fréchet', 2, True), ('frechet_minus_reference', 'minus the reference', 2, True),
+                  ('precision', 'precision', 3, True), ('recall', 'recall', 3, True),
+                  ('two_sample_accuracy', 'two-sample accuracy', 3, True),
+                  ('two_sample_accuracy_minus_reference', 'minus the reference', 3, True),
+                  ('seconds_per_image', 'sampling s / image', 4, True), ('fid', 'FID', 2, True)]
+
+
+def markdown(table, sweep, real):
+    """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling()."""
+    seeds = ', '.join(map(str, sweep['seeds']))
+    pairs = ', '.join(f'{variant} against {parts["reference"]}' for variant, parts in table.items()
+                      if parts['reference'] != variant)
+    versions = '; '.join(f'{variant}: {", ".join(parts["versions"])}' for variant, parts in table.items())
+    lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
+             'deviation over the seeds. "Minus the reference": each run minus the run of the same seed of the '
+             f'sweep\'s first variant with the same pyramid ({pairs or "none"}). Code versions measured with: '
+             f'{versions or "none"}.', '']
+
+    def table_lines(part, columns):
+        columns = [c for c in columns if any(c[0] in row for parts in table.values() for row in parts[part])]
+        lines = ['| variant | schedule | serial steps | ' + ' | '.join(column[1] for column in columns) + ' |',
+                 '| --- ' * (3 + len(columns)) + '|']
+        for variant, parts in table.items():
+            for row in parts[part]:
+                cells = [number(row[m], row[f'{m}_std'] if spread else None, d) if m in row else '–'
+                         for m, _, d, spread in columns]
+                lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
+                             + ' | '.join(cells) + ' |')
+        if part == 'samples' and real:
+            cells = [number(real[CEILING[m]], None, d) if CEILING.get(m) in real else '–' for m, _, d, _ in columns]
+            lines.append('| real images (ceiling) | – | – | ' + ' | '.join(cells) + ' |')
+        return lines
+
+    lines += table_lines('likelihood', LIKELIHOOD_COLUMNS)
+    if any(parts['samples'] for parts in table.values()):
+        n = sweep['evaluation']['num_samples']
+        lines += ['', f'{n} samples per schedule; the figures in the probe\'s feature space compare them with '
+                  'a set of real val images of the same size; the ceiling row gives each figure for a second, '
+                  'disjoint set of real val images.', ''] + table_lines('samples', SAMPLE_COLUMNS)
+    return '\n'.join(lines) + '\n'
+
+
+def curves(table, part, metric, x='serial_steps'):
+    """{variant: (x, y, yerr or None)} of one figure, x ascending."""
+    found = {}
+    for variant, parts in table.items():
+        rows = sorted((r for r in parts[part] if metric in r and x in r), key=lambda r: r[x])
+        if rows:
+            std = [r[f'{metric}_std'] for r in rows]
+            found[variant] = ([r[x] for r in rows], [r[metric] for r in rows], None if None in std else std)
+    return found
+
+
+PLOTS = [  # file, part, figure, its label, x
+    ('nll_vs_steps.png', 'likelihood', 'bits_above_most_steps', 'NLL minus NLL at the most steps (bits per image)',
+     'serial_steps'),
+    ('quality_vs_steps.png', 'samples', 'class_consistency', 'class consistency of samples', 'serial_steps'),
+    ('frechet_vs_steps.png', 'samples', 'frechet', "probe Fréchet distance to real images", 'serial_steps'),
+    ('two_sample_vs_steps.png', 'samples', 'two_sample_accuracy', 'two-sample accuracy (0.5: indistinguishable)',
+     'serial_steps'),
+    ('quality_vs_time.png', 'samples', 'class_consistency', 'class consistency of samples', 'seconds_per_image'),
+]
+
+
+def plots(table, folder, real):
+    """The PLOTS that have data, in folder; a sample figure with a ceiling gets it as a dashed line."""
+    written = []
+    for name, part, metric, ylabel, x in PLOTS:
+        found = curves(table, part, metric, x)
+        if not found:
+            continue
+        xlabel = 'total serial steps (log scale)' if x == 'serial_steps' else 'sampling seconds per image (log scale)'
+        line = (real[CEILING[metric]], 'real images') if CEILING.get(metric) in real else None
+        figure = curves_figure(found, xlabel, ylabel, f'{ylabel} vs {xlabel.split(" (")[0]}', line)
+        save_figure(figure, os.path.join(folder, name))
+        written.append(name)
+    return written
