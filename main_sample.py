@@ -169,16 +169,17 @@ def print_flops(model, settings, labels, base_seed):
           f'{serial_steps(model.sides, settings.steps_per_scale)} serial steps)')
 
 
-def showcase(model, settings, labels, num_images, base_seed, folder):
+def showcase(model, settings, labels, num_images, base_seed, folder, on_scale=None):
     """Sample with SampleSettings, time it, and write the grid, per-sample PNGs and maps figures, the GIF and
-    codes.npz to folder.
+    codes.npz to folder; returns the seconds sampling took and the SampleOutput.
 
-    labels: (B,) class ids, or None for an unconditional model (num_images samples)."""
+    labels: (B,) class ids, or None for an unconditional model (num_images samples); on_scale(i) is called when
+    scale i is drawn."""
     n = num_images if labels is None else len(labels)
     seeds = sample_seeds(base_seed, range(n))
     device = model.seq_positions.device
     start = time.perf_counter()
-    out = model.sample(settings, labels=labels, batch_size=n, seeds=seeds, decode='top')
+    out = model.sample(settings, labels=labels, batch_size=n, seeds=seeds, decode='top', on_scale=on_scale)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -201,6 +202,7 @@ def showcase(model, settings, labels, num_images, base_seed, folder):
                               model.img_size)
     save_gif(frames, os.path.join(folder, 'sample_0000_forming.gif'))
     print(f'wrote {n} samples, their maps and sample_0000_forming.gif to {folder}')
+    return seconds, out
 
 
 def read_rgb(path, role):
@@ -229,24 +231,33 @@ def parse_box(text, size):
 def edit_inputs(args, size):
     """(image (3, S, S) float in [-1, 1], keep (S, S) bool) of --edit_image with --edit_mask or --outpaint."""
     original = read_rgb(args.edit_image, '--edit_image')
+    if args.outpaint or not os.path.isfile(args.edit_mask):
+        return edit_arrays(original, size, box=args.edit_mask, outpaint=args.outpaint)
+    mask = read_rgb(args.edit_mask, '--edit_mask')
+    if mask.size != original.size:
+        raise ConfigError(f'--edit_mask {args.edit_mask} is {mask.size[0]}x{mask.size[1]} but --edit_image is '
+                          f'{original.size[0]}x{original.size[1]}; give a mask of the same size (white = keep)')
+    return edit_arrays(original, size, mask=mask)
+
+
+def edit_arrays(original, size, mask=None, box=None, outpaint=None):
+    """(image (3, S, S) float in [-1, 1], keep (S, S) bool) of a PIL RGB image center-cropped to size as the
+    training data is, keeping one of: a PIL mask of its size (white = keep), all but a box 'x0,y0,x1,y1' of the
+    cropped image, or (outpaint) the image shrunk to that fraction of the side in the middle of the canvas."""
     image = np.array(center_crop_arr(original, size))  # (S, S, 3) uint8
     keep = np.ones((size, size), dtype=bool)
-    if args.outpaint:
-        side = max(1, round(args.outpaint * size))
+    if outpaint:
+        side = max(1, round(outpaint * size))
         first = (size - side) // 2
         canvas = np.zeros_like(image)
         canvas[first:first + side, first:first + side] = np.asarray(Image.fromarray(image).resize((side, side),
                                                                                                   Image.BICUBIC))
         image, keep = canvas, np.zeros_like(keep)
         keep[first:first + side, first:first + side] = True
-    elif os.path.isfile(args.edit_mask):
-        mask = read_rgb(args.edit_mask, '--edit_mask')
-        if mask.size != original.size:
-            raise ConfigError(f'--edit_mask {args.edit_mask} is {mask.size[0]}x{mask.size[1]} but --edit_image is '
-                             f'{original.size[0]}x{original.size[1]}; give a mask of the same size (white = keep)')
-        keep = np.asarray(center_crop_arr(mask, size))[..., 0] > 127
+    elif mask is not None:
+        keep = np.asarray(center_crop_arr(mask.convert('RGB'), size))[..., 0] > 127
     else:
-        x0, y0, x1, y1 = parse_box(args.edit_mask, size)
+        x0, y0, x1, y1 = parse_box(box, size)
         keep[y0:y1, x0:x1] = False
     return from_uint8(image), torch.from_numpy(keep)
 

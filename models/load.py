@@ -1,7 +1,9 @@
 """Build a generator from a config in the published schema, and load published or project checkpoints."""
+import json
 import os
 
 import yaml
+from safetensors import SafetensorError, safe_open
 
 from models.autoencoder import VQAutoencoder, load_autoencoder_weights, read_autoencoder_config
 from models.autoencoder_config import AutoencoderConfig
@@ -69,15 +71,39 @@ def checkpoint_model_config(checkpoint, checkpoint_path, state):
         raise CheckpointError(f'{checkpoint_path}: its model config does not fit this code: {e}') from None
 
 
+def read_safetensors(path):
+    """A generator .safetensors file (tools/export_safetensors.py) as the checkpoint dict it was written from:
+    its tensors under 'model' or 'model_ema' (metadata 'weights'), its config and autoencoder config."""
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f'{path}: not a readable .safetensors file ({str(e).splitlines()[0]})') from None
+    if metadata.get('weights') not in ('model', 'model_ema') or 'config' not in metadata:
+        raise CheckpointError(f'{path}: no generator config in its metadata (write it with '
+                              'tools/export_safetensors.py)')
+    return {metadata['weights']: state, 'config': json.loads(metadata['config']),
+            'autoenc_config': json.loads(metadata.get('autoenc_config', 'null'))}
+
+
 def load_generator(checkpoint_path, use_ema=False, device='cpu', allow_unsafe=False):
-    """Load a published or project checkpoint (config inside or beside it); returns the model in eval mode."""
-    checkpoint = load_checkpoint(checkpoint_path, allow_unsafe)
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
+    """Load a published or project checkpoint (config inside or beside it) or a .safetensors export; returns the
+    model in eval mode. use_ema: the EMA weights (True), the training weights (False), or the EMA weights where
+    the file has them (None)."""
+    if os.fspath(checkpoint_path).endswith('.safetensors'):
+        checkpoint = read_safetensors(checkpoint_path)
+    else:
+        checkpoint = load_checkpoint(checkpoint_path, allow_unsafe)
+    if not isinstance(checkpoint, dict) or not ({'model', 'model_ema'} & set(checkpoint)):
         raise CheckpointError(f"{checkpoint_path}: not a generator checkpoint (no 'model' entry)")
+    if use_ema is None:
+        use_ema = checkpoint.get('model_ema') is not None
     key = 'model_ema' if use_ema else 'model'
     state = checkpoint.get(key)
     if state is None:
-        raise CheckpointError(f"{checkpoint_path}: no '{key}' weights in this checkpoint")
+        flag = 'without --use_ema' if use_ema else 'with --use_ema'
+        raise CheckpointError(f"{checkpoint_path}: no '{key}' weights in this file (load it {flag})")
     config = checkpoint_model_config(checkpoint, checkpoint_path, state)
     autoenc_config = checkpoint.get('autoenc_config')  # the published schema, stored by this project's trainer
     if autoenc_config is not None:

@@ -11,7 +11,7 @@ from models import build_generator, load_generator
 from models.checkerboard import (checkerboard_order, parse_schedule, sampling_block_sizes, scan_ranks,
                                  schedule_block_sizes, serial_steps)
 from models.generator_config import GeneratorConfig
-from models.likelihood import code_log_likelihood
+from models.likelihood import code_log_likelihood, code_log_probs
 from models.graphed_sampler import GraphedSampler
 from models.sample_settings import SampleSettings
 from models.sampler import draw, filter_logits, sample_uniforms
@@ -411,6 +411,9 @@ def test_likelihood_equals_the_forced_sampler(tmp_path, variant):
         recorded = torch.stack([m.flatten(1).sum(1) for m in forced.maps['logp']], 1)  # (B, scales)
         ours = code_log_likelihood(model, data, kwargs.get('labels'), settings)
         torch.testing.assert_close(ours, recorded, atol=1e-3, rtol=1e-5)
+        for position_logp, sampled in zip(code_log_probs(model, data, kwargs.get('labels'), settings),
+                                          forced.maps['logp']):  # every position's, on its grid cell
+            torch.testing.assert_close(position_logp, sampled, atol=1e-4, rtol=1e-5)
 
 
 def test_bf16_logits_stay_close_to_fp32(tmp_path):

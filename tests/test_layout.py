@@ -2,7 +2,7 @@
 docs/design.md, read from the import statements of every project module (function-level
 imports included): util/ imports nothing of the project; models/ and data/ import only util/ (and not each
 other); train_ae_codebook/ and evaluation/ import those; the commands (main.py, main_sample.py, evaluator.py,
-main_sweep.py, tools/) import anything below them and may call each other, without cycles."""
+main_sweep.py, app.py, tools/) import anything below them and may call each other, without cycles."""
 import ast
 import os
 import subprocess
@@ -10,7 +10,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {'util': 0, 'models': 1, 'data': 1, 'train_ae_codebook': 2, 'evaluation': 2, 'main': 3, 'main_sample': 3,
-          'evaluator': 3, 'main_sweep': 3, 'tools': 3}
+          'evaluator': 3, 'main_sweep': 3, 'tools': 3, 'app': 3}
 COMMANDS = {name for name, layer in LAYERS.items() if layer == 3}
 
 

@@ -103,6 +103,27 @@ def maps_figure(image, steps, probs, entropies, vocab_size):
     return figure
 
 
+def likelihood_figure(image, reconstruction, bits_maps, title):
+    """An image's likelihood: the image and its reconstruction from the codes, then the bits of every position's
+    code (its negative log2-probability) as one heat map per scale, on one colour scale.
+
+    image, reconstruction: (H, W, 3) uint8; bits_maps: [(s, s)] numpy per scale, ascending."""
+    figure = new_figure(max(6.0, 2 * PANEL_IN + len(bits_maps) * PANEL_IN + 1.0), PANEL_IN + 1.0)
+    axes = figure.subplots(1, 2 + len(bits_maps))
+    for ax, picture, name in zip(axes[:2], (image, reconstruction), ('input', 'reconstruction')):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    hi = max(float(m.max()) for m in bits_maps)
+    images = [heat_map(ax, values, 0, hi, f'{scale_name(values)}: {values.sum():.1f} bits')
+              for ax, values in zip(axes[2:], bits_maps)]
+    bar = figure.colorbar(images[-1], ax=list(axes[2:]), shrink=0.9, aspect=12)
+    bar.set_label('bits of the code', fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
 def scan_order_figure(step_maps, rank_map, steps_per_scale):
     """The scan-order figure: the sampling step of every position at each scale, and the rank of every position
     in the checkerboard order at the top scale, all coloured from first (dark) to last (yellow).
