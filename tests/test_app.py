@@ -77,8 +77,8 @@ def test_edit_keeps_what_main_sample_keeps(served, trained, tmp_path):
     layer[8:24, 16:, :] = (255, 0, 0, 255)  # the painted region: redrawn
     Image.fromarray(layer).save(tmp_path / 'layer.png')
     Image.fromarray(np.where(layer[..., 3:] > 0, 0, 255).repeat(3, -1).astype(np.uint8)).save(tmp_path / 'mask.png')
-    editor = {'background': gradio_client.handle_file(image), 'layers': [gradio_client.handle_file(tmp_path / 'layer.png')],
-              'composite': None}
+    editor = {'background': gradio_client.handle_file(image),
+              'layers': [gradio_client.handle_file(tmp_path / 'layer.png')], 'composite': None}
     grid, info = client.predict(editor, 0, session.classes[1], '2', 2.0, 1, 1.0, 4, 2, api_name='/edit')
     main_sample.main(['--checkpoint', str(trained / 'run' / 'checkpoint-last.pth'), '--use_ema', '--labels', '1', '1',
                       '--seed', '4', '--cfg', '2', '--cfg_start_step', '1', '--steps_per_scale', '2', '--edit_image',

@@ -85,7 +85,8 @@ def test_generate_and_edit_in_a_real_browser(browser, served, tmp_path):  # noqa
 
     browser.find_element('xpath', "//button[@role='tab' and contains(., 'Edit')]").click()
     browser.find_element('xpath', "//button[contains(., 'Load val image')]").click()
-    canvas = wait_for(lambda: [c for c in browser.find_elements('css selector', '#editor canvas') if c.size['width'] > 50])[0]
+    canvas = wait_for(lambda: [c for c in browser.find_elements('css selector', '#editor canvas')
+                               if c.size['width'] > 50])[0]
     time.sleep(1)
     from selenium.webdriver.common.action_chains import ActionChains
     width, height = canvas.size['width'], canvas.size['height']
