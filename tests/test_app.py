@@ -40,15 +40,20 @@ def trained(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope='module')
-def served(trained):
-    """The app launched on a free port (its own thread) and a client of it."""
-    checkpoint = str(trained / 'run' / 'checkpoint-last.pth')
+def launched(checkpoint):
+    """(session, page, port) of the app serving checkpoint on a free port, in its own thread."""
     session = app.load_session(checkpoint, 'cpu')
     page = app.build_page(session, checkpoint)
     port = free_port()
     page.queue(default_concurrency_limit=1).launch(server_name='127.0.0.1', server_port=port, show_error=True,
                                                    prevent_thread_lock=True, quiet=True)
+    return session, page, port
+
+
+@pytest.fixture(scope='module')
+def served(trained):
+    """The app serving the tiny trained model, and a client of it."""
+    session, page, port = launched(str(trained / 'run' / 'checkpoint-last.pth'))
     yield session, gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False), port
     page.close()
 

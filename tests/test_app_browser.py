@@ -1,7 +1,11 @@
 """app.py in a real headless browser (Debian's chromium and chromium-driver, driven by selenium): set a class and a
 schedule, click Generate, and the image area holds the generated grid; paint a mask on a val image, click Edit,
-and the edits appear. Writes the screenshot docs/app.png when CHECKERBOARD_WRITE_APP_PNG=1. Without the browser
-it skips with one line; under CI (CI=true) a missing browser fails."""
+and the edits appear. Without the browser it skips with one line; under CI (CI=true) a missing browser fails.
+
+The README's screenshot comes from this test, serving the demo's model:
+    CHECKERBOARD_APP_CHECKPOINT=outputs/demo/checkpoint-last.pth CHECKERBOARD_WRITE_APP_PNG=1 \
+        python -m pytest -q tests/test_app_browser.py
+"""
 import io
 import os
 import shutil
@@ -11,10 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_app import pixels, served, trained  # noqa: F401 (fixtures)
+from test_app import launched, trained  # noqa: F401 (fixture)
 
 CHROMIUM, DRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def served(trained):  # noqa: F811
+    """The app serving CHECKERBOARD_APP_CHECKPOINT, or the tiny trained model: (session, port)."""
+    session, page, port = launched(os.environ.get('CHECKERBOARD_APP_CHECKPOINT',
+                                                  str(trained / 'run' / 'checkpoint-last.pth')))
+    yield session, port
+    page.close()
 
 
 @pytest.fixture(scope='module')
@@ -69,18 +82,20 @@ def fill(driver, elem_id, text):
     return field
 
 
-def test_generate_and_edit_in_a_real_browser(browser, served, tmp_path):  # noqa: F811
-    session, _, port = served
+def test_generate_and_edit_in_a_real_browser(browser, served):
+    session, port = served
     browser.get(f'http://127.0.0.1:{port}/')
     wait_for(lambda: browser.find_elements('id', 'generate'))
     fill(browser, 'generate-class', session.classes[2])
-    fill(browser, 'generate-schedule', '1,2,4')
+    fill(browser, 'generate-schedule', '1')
     browser.find_element('id', 'generate').click()
     grid = shown_image(browser, 'grid')
-    wait_for(lambda: '7 serial steps' in browser.find_element('id', 'generate-info').text)
+    steps = len(session.model.sides)  # one step per scale
+    wait_for(lambda: f'{steps} serial steps' in browser.find_element('id', 'generate-info').text)
     shot = screenshot_array(grid)
     assert shot.std() > 10, 'the image area is blank'  # a grid of samples, not an empty panel
     if os.environ.get('CHECKERBOARD_WRITE_APP_PNG') == '1':
+        browser.execute_script('window.scrollTo(0, 0)')
         browser.save_screenshot(os.path.join(ROOT, 'docs', 'app.png'))
 
     browser.find_element('xpath', "//button[@role='tab' and contains(., 'Edit')]").click()
