@@ -120,7 +120,7 @@ def check_args(args):
         if args[key] is not None and not args[key] >= 1:
             fail(key, '>= 1')
     for key in NOT_NEGATIVE:
-        if not (math.isfinite(args[key]) and args[key] >= 0):
+        if args[key] is None or not (math.isfinite(args[key]) and args[key] >= 0):
             fail(key, 'a finite number >= 0')
     for key in ('lr', 'blr'):
         if args[key] is not None and not (math.isfinite(args[key]) and args[key] > 0):
