@@ -169,7 +169,7 @@ class Session:
             raise ConfigError('no image: upload one or load one from the val split')
         original = main_sample.read_rgb(image_path, 'the image')
         device = self.model.seq_positions.device
-        pixels = np.asarray(center_crop_arr(original, self.model.img_size))  # (S, S, 3) uint8
+        pixels = np.array(center_crop_arr(original, self.model.img_size))  # (S, S, 3) uint8, writable
         codes = self.model.codes_from_images(from_uint8(pixels)[None].to(device))
         logp = code_log_probs(self.model, codes, self.label(label, 1), settings)
         maps = [-bits(grid[0]).cpu().numpy() for grid in logp]  # [(s, s)] bits per position
