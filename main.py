@@ -26,8 +26,8 @@ from data.token_cache import TokenCacheDataset, autoencoder_fingerprint, create_
 from evaluation import sample_quality
 from models import build_generator, load_generator
 from models.autoencoder import read_autoencoder_config
-from models.generator_config import GeneratorConfig
-from models.load import resolve_path
+from models.generator_config import AutoencoderFiles, GeneratorConfig
+from models.load import checked_autoencoder_weights, resolve_path
 from models.sample_batches import balanced_labels
 from models.sample_settings import SampleSettings
 from train_ae_codebook import train as train_ae
@@ -97,8 +97,8 @@ TRAIN_OPTIONS = {
     'probe_image_size': Option(int, 64, 'the class probe sees images at min(img_size, this) pixels'),
     # the one-command demo
     'autoenc_train_config': Option(str, None, 'train_ae_codebook config that trains the autoencoder (with this '
-                                              "run's seed) into the folder of model.autoenc.checkpoint_path "
-                                              '(resumed or reused if there)'),
+                                              "run's seed, into its output_dir; resumed or reused if there) and "
+                                              'replaces model.autoenc for this run'),
     'showcase_images': Option(int, 0, 'after training, sample this many images with maps figures and a GIF '
                                       '(main_sample.py) into output_dir/samples'),
 }
@@ -159,11 +159,11 @@ def resolve_run(config):
     be there, model.num_classes is the number of classes of its train split (a config that sets another is a
     ConfigError), the autoencoder's files must exist. The given config is not changed."""
     args, model = config['args'], config['model']
-    for key in ('config_path', 'checkpoint_path'):
-        path = getattr(model.autoenc, key)
-        if path is None or not os.path.isfile(resolve_path(path)):
-            raise ConfigError(f'autoencoder file not found: model.autoenc.{key} = {path} '
-                              '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
+    path = model.autoenc.config_path
+    if path is None or not os.path.isfile(resolve_path(path)):
+        raise ConfigError(f'autoencoder file not found: model.autoenc.config_path = {path} '
+                          '(see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
+    checked_autoencoder_weights(model.autoenc)
     if args['compile'] and not distributed.uses_cuda(args['device']):
         check_cpu_compiler()
     if args['data_path'] is None:
@@ -452,17 +452,20 @@ def train(config):
 
 
 def ensure_autoencoder(config):
-    """Train (or resume, or reuse) the autoencoder of model.autoenc with train_ae_codebook."""
-    args, autoenc = config['args'], config['model'].autoenc
-    if autoenc.checkpoint_path is None:
-        raise ConfigError('args.autoenc_train_config needs model.autoenc.checkpoint_path (where to train it)')
-    folder = os.path.dirname(autoenc.checkpoint_path) or '.'
-    done = os.path.isfile(autoenc.checkpoint_path)
-    print(f"autoencoder: {'checking' if done else 'training'} {autoenc.checkpoint_path} "
-          f"({args['autoenc_train_config']}, output_dir {folder})", file=sys.stderr)
+    """Train (or resume, or reuse) the autoencoder of args.autoenc_train_config with train_ae_codebook, with this
+    run's seed, in that config's output_dir; returns the config with model.autoenc pointing at it."""
+    args = config['args']
+    train_config = train_ae.read_training_config(args['autoenc_train_config'], seed=args['seed'])
+    folder = train_config['args']['output_dir']
+    trained = AutoencoderFiles(config_path=os.path.join(folder, 'autoencoder_config.yaml'),
+                               checkpoint_path=os.path.join(folder, LAST_CHECKPOINT))
+    done = os.path.isfile(trained.checkpoint_path)
+    print(f"autoencoder: {'checking' if done else 'training'} {trained.checkpoint_path} "
+          f"({args['autoenc_train_config']})", file=sys.stderr)
     start = time.perf_counter()
-    train_ae.train(train_ae.read_training_config(args['autoenc_train_config'], output_dir=folder, seed=args['seed']))
+    train_ae.train(train_config)
     print(f'autoencoder ready ({time.perf_counter() - start:.0f} s)', file=sys.stderr)
+    return {**config, 'model': config['model'].replace(autoenc=trained)}
 
 
 def write_showcase(config, device):
@@ -478,7 +481,7 @@ def main(argv=None):
     with exit_on_error():
         config = typed_config(load_config(argv, TRAIN_OPTIONS, __doc__.split('\n')[0]))
         if config['args']['autoenc_train_config']:
-            ensure_autoencoder(config)
+            config = ensure_autoencoder(config)
         trainer = train(config)
         if trainer.dist.is_main:
             if config['args']['showcase_images']:

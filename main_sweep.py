@@ -149,8 +149,7 @@ def prepare_autoencoder(sweep, configs):
     folder = os.path.join(sweep['results_dir'], 'autoencoder')
     weights, config_file = os.path.join(folder, 'checkpoint.pth'), os.path.join(folder, 'autoencoder_config.yaml')
     if not os.path.isfile(weights):
-        train_main.ensure_autoencoder(first)
-        files = first['model'].autoenc
+        files = train_main.ensure_autoencoder(first)['model'].autoenc
         save_autoencoder(load_autoencoder(files.config_path, files.checkpoint_path, params=files.params), folder)
         print(f'autoencoder: weights and config kept in {folder} (sha256 {file_sha256(weights)[:12]})')
     kept = AutoencoderFiles(config_path=config_file, checkpoint_path=weights)

@@ -30,11 +30,12 @@ class TransformerConfig:
 
 @dataclass(frozen=True)
 class AutoencoderFiles:
-    """`model.autoenc`: where the frozen autoencoder's architecture config and weights are, and overrides of
-    its `model.params`."""
+    """`model.autoenc`: where the frozen autoencoder's architecture config and weights are, overrides of its
+    `model.params`, and the sha256 its weights file must have (checked where it is loaded; None: not checked)."""
     config_path: str | None = None
     checkpoint_path: str | None = None
     params: dict | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from models.generator import CheckerboardGenerator
 from models.generator_config import GeneratorConfig
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
 from util.config import ConfigError
+from util.provenance import file_sha256
 
 
 def resolve_path(path, checkpoint_path=None):
@@ -23,6 +24,20 @@ def resolve_path(path, checkpoint_path=None):
         if os.path.exists(beside):
             return beside
     return path
+
+
+def checked_autoencoder_weights(files, checkpoint_path=None):
+    """The path of model.autoenc's weights, which must exist and, where model.autoenc.sha256 is set, have that
+    sha256; ConfigError naming the file and the way out otherwise."""
+    weights = resolve_path(files.checkpoint_path, checkpoint_path)
+    if weights is None or not os.path.isfile(weights):
+        raise ConfigError(f'autoencoder checkpoint not found: {weights} (model.autoenc.checkpoint_path; '
+                          'see pretrained_models/README.md, or set args.autoenc_train_config to train one)')
+    if files.sha256 is not None and file_sha256(weights) != files.sha256:
+        raise ConfigError(f'{weights} has sha256 {file_sha256(weights)[:16]}..., model.autoenc.sha256 expects '
+                          f'{files.sha256[:16]}...: the file is corrupted or another one; restore it (git checkout '
+                          f'{weights}), or retrain the autoencoder with args.autoenc_train_config')
+    return weights
 
 
 def build_generator(config: GeneratorConfig, autoenc_config: AutoencoderConfig = None,
@@ -40,11 +55,7 @@ def build_generator(config: GeneratorConfig, autoenc_config: AutoencoderConfig =
         autoenc_config = read_autoencoder_config(path, files.params)
     autoenc = VQAutoencoder(autoenc_config)
     if load_autoencoder_checkpoint:
-        weights = resolve_path(files.checkpoint_path, checkpoint_path)
-        if weights is None or not os.path.isfile(weights):
-            raise ConfigError(f'autoencoder checkpoint not found: {weights} (model.autoenc.checkpoint_path; '
-                              'see pretrained_models/README.md)')
-        load_autoencoder_weights(autoenc, weights)
+        load_autoencoder_weights(autoenc, checked_autoencoder_weights(files, checkpoint_path))
     return CheckerboardGenerator(autoenc, config).to(device)
 
 

@@ -7,6 +7,8 @@ import inspect
 import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ from util.config import ConfigError
 from util.schedule import OPTIMIZERS
 
 AE_TRAIN_CONFIG = os.path.join(ROOT, 'train_ae_codebook', 'configs', 'demo.yaml')
+AE_OUTPUT = 'autoenc'  # the tiny autoencoder's training folder, relative to the test folder
 STEPS_PER_EPOCH = 5  # 40 training images (4 per class), batch 8
 
 
@@ -42,8 +45,8 @@ def run_args(folder):
                      ema=0.5, seed=7, output_dir=str(folder / 'full'), save_every_steps=3, keep_every_epochs=2,
                      log_every=4, eval_freq=2, eval_num_samples=6, eval_batch_size=4, cfg=1.5, cfg_start_step=1,
                      eval_steps_per_scale=2, eval_temperature=0.8, inception_weights=str(folder / 'inception.pth'),
-                     probe_epochs=1, probe_max_images=10, probe_image_size=16, autoenc_train_config=AE_TRAIN_CONFIG,
-                     showcase_images=3),
+                     probe_epochs=1, probe_max_images=10, probe_image_size=16,
+                     autoenc_train_config=str(folder / 'ae_train.yaml'), showcase_images=3),
         # 7 steps of the step schedule from images, writing the token cache
         'stepped': stepped,
         # one bf16 step from the token cache, resumed from a copy of stepped's checkpoint that needs unpickling
@@ -128,8 +131,10 @@ def runs(tmp_path_factory):
         calls.spy(mp, sample_quality, 'train_probe')
         # torch-fidelity needs Inception weights from the network
         calls.spy(mp, sample_quality, 'fidelity_metrics', replacement=lambda *args, **kwargs: {})
-        # training the demo autoencoder takes minutes; the runs use the tiny random one
-        calls.spy(mp, train_ae, 'train', replacement=lambda config: None)
+        # training the demo autoencoder takes minutes: the spy leaves the tiny random one where training would
+        (folder / 'ae_train.yaml').write_text(Path(AE_TRAIN_CONFIG).read_text().replace(
+            'output_dir: outputs/demo/autoenc', f'output_dir: {folder / AE_OUTPUT}'))
+        calls.spy(mp, train_ae, 'train', replacement=lambda config: pretend_trained(folder))
         for run, args in run_args(folder).items():
             if run == 'resumed':
                 trusted = load_checkpoint(folder / 'stepped' / 'checkpoint-last.pth')
@@ -397,11 +402,21 @@ def check_probe_image_size(runs):
     assert {call['image_size'] for call in runs.calls('train_probe', 'full')} == {16}
 
 
+def pretend_trained(folder):
+    """What a finished autoencoder training leaves in its output_dir: the tiny random autoencoder."""
+    (folder / AE_OUTPUT).mkdir(exist_ok=True)
+    shutil.copy(folder / 'ae.pth', folder / AE_OUTPUT / 'checkpoint-last.pth')
+    shutil.copy(folder / 'ae.yaml', folder / AE_OUTPUT / 'autoencoder_config.yaml')
+
+
 def check_autoenc_train_config(runs):
-    """The autoencoder trainer gets that file's config, into the autoencoder's folder, with the run's seed."""
+    """The autoencoder trainer gets that file's config, with the run's seed, and the run uses what it trained."""
     (call,) = runs.calls('train', 'full')
     args = call['config']['args']
-    assert (args['config'], args['output_dir'], args['seed']) == (AE_TRAIN_CONFIG, str(runs.folder), 7)
+    assert (args['config'], args['output_dir'], args['seed']) == (str(runs.folder / 'ae_train.yaml'),
+                                                                  str(runs.folder / AE_OUTPUT), 7)
+    autoenc = runs.checkpoint('full')['config']['model']['autoenc']
+    assert autoenc['checkpoint_path'] == str(runs.folder / AE_OUTPUT / 'checkpoint-last.pth')
 
 
 def check_showcase_images(runs):
