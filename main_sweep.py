@@ -163,7 +163,7 @@ def probe_path(sweep, data_root, data_roots):
     return os.path.join(sweep['results_dir'], f'class_probe-{os.path.basename(os.path.normpath(data_root))}.pth')
 
 
-def real_ceiling(probe, data_root, img_size, settings, device):
+def real_ceiling(data_root, img_size, settings, device):
     """The two-sample accuracy of real val images against a disjoint set of real val images, of the samples'
     number and size (the sets of probe_report): the two-sample test's ceiling."""
     if not settings['two_sample_epochs']:
@@ -403,7 +403,7 @@ def run_sweep(sweep, device, remeasure=False):
         else:
             print(f'{name}: finished, not retrained')
         if root not in ceilings:
-            ceilings[root] = real_ceiling(probe, root, config['model'].img_size, settings, device) if probe else {}
+            ceilings[root] = real_ceiling(root, config['model'].img_size, settings, device) if probe else {}
         print(f'{name}: evaluating')
         results[name] = evaluate_run(config, settings, root, probe, device,
                                      {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},

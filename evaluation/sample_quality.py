@@ -115,7 +115,7 @@ def evaluate_generator(model, settings, dist: DistInfo, data_root, folder, *, nu
                             probe_path, max_images=probe_max_images, seed=seed, log=log, epochs=probe_epochs)
         report = probe_report(probe, images, labels, data_root, model.seq_positions.device,
                               max_images=probe_max_images, seed=seed)
-        record.update({k: v for k, v in report.items() if k != 'num_samples'})
+        record.update({k: v for k, v in report.items() if k not in ('num_samples', 'num_real')})
     return record
 
 
