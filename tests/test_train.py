@@ -64,8 +64,8 @@ def test_config_errors(setup, capsys, tmp_path):
     expect_exit(capsys, setup, 2, "unknown key 'model.llama_config.hiden_size' (did you mean 'hidden_size'?)",
                 '--model.llama_config.hiden_size', '8')
     expect_exit(capsys, setup, 2, "neither an existing folder nor a built-in dataset", '--data_path', 'nowhere')
-    expect_exit(capsys, setup, 2, 'autoencoder file not found: model.autoenc.checkpoint_path',
-                '--model.autoenc.checkpoint_path', str(tmp_path / 'missing.pth'))
+    expect_exit(capsys, setup, 2, f'autoencoder checkpoint not found: {tmp_path / "missing.pth"} '
+                '(model.autoenc.checkpoint_path', '--model.autoenc.checkpoint_path', str(tmp_path / 'missing.pth'))
     with torch._inductor.config.patch({'cpp.cxx': ('no-such-c++',)}):
         expect_exit(capsys, setup, 2, '--compile on a CPU needs a C++ compiler', '--compile')
     cfg = yaml.safe_load((setup / 'tiny.yaml').read_text())
