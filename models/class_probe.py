@@ -1,9 +1,9 @@
 """Offline quality probe: a small CNN classifier trained on a dataset's own images, no download needed.
 
 It scores generated samples by class consistency (share assigned to the requested class) and a Frechet
-distance in its pooled penultimate features (evaluation.sample_quality.probe_report). Training augments the images with a
-random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x TenCrop views the generator is
-trained on.
+distance, precision and recall in its pooled penultimate features (evaluation.sample_quality.probe_report).
+Training augments the images with a random zoom in [1, 1.15], shift and horizontal flip, which covers the 1.1x
+TenCrop views the generator is trained on.
 """
 import math
 import time
