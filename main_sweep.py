@@ -199,9 +199,9 @@ def likelihood(model, codes, labels, schedule, batch_size):
             'bits_per_scale': bits(-nats).mean(0).tolist(), 'seconds': time.perf_counter() - start}
 
 
-def measure_samples(model, schedule, settings, data_root, probe, folder):
+def measure_samples(model, schedule, settings, data_root, probe, real_images, folder):
     """The sample figures at one schedule (see the module docstring) of num_samples class-balanced seeded
-    samples, with their ceilings under 'real'."""
+    samples, with their ceilings under 'real'. real_images: val set A (uint8) of the two-sample test, or None."""
     n, device = settings['num_samples'], model.seq_positions.device
     start = time.perf_counter()
     parts = list(draw_samples(model, sweep_sample_settings(settings, schedule), list(range(n)), n,
@@ -218,11 +218,9 @@ def measure_samples(model, schedule, settings, data_root, probe, folder):
         record.update(class_consistency=p, class_consistency_se=math.sqrt(p * (1 - p) / n),
                       **{k: report[k] for k in ('frechet', 'precision', 'recall')})
         real = {k: report[k] for k in sweep_tables.CEILING.values() if k in report}
-    if settings['two_sample_epochs']:
-        val, _, _ = load_real_images(data_root, 'val', model.img_size, log=lambda message: None)
-        real_a, _ = sample_quality.real_halves(val, n, settings['seed'])
-        record['two_sample_accuracy'] = two_sample_accuracy(images, real_a, model.img_size, device, settings['seed'],
-                                                            settings['two_sample_epochs'])
+    if real_images is not None:
+        record['two_sample_accuracy'] = two_sample_accuracy(images, real_images, model.img_size, device,
+                                                            settings['seed'], settings['two_sample_epochs'])
     if settings['inception_weights']:
         sample_dir = os.path.join(folder, f'samples_{format_schedule(schedule)}')
         os.makedirs(sample_dir, exist_ok=True)
@@ -312,8 +310,12 @@ def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling
     likelihoods = [likelihood(model, codes, labels, s, settings['batch_size'])
                    for s in settings['likelihood_schedules']]
     samples, real = [], dict(ceiling)
+    real_images = None  # val set A of the two-sample test, read once for every schedule
+    if settings['two_sample_epochs'] and settings['sample_schedules']:
+        val, _, _ = load_real_images(data_root, 'val', model.img_size, log=lambda message: None)
+        real_images = sample_quality.real_halves(val, settings['num_samples'], settings['seed'])[0]
     for schedule in settings['sample_schedules']:
-        record, real_figures = measure_samples(model, schedule, settings, data_root, probe, folder)
+        record, real_figures = measure_samples(model, schedule, settings, data_root, probe, real_images, folder)
         samples.append(record)
         real.update(real_figures)
     result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
