@@ -22,9 +22,9 @@ sweep's; otherwise the sweep stops with one line saying what differs: --remeasur
 checkpoints again (no retraining), or choose another results_dir. A finished checkpoint is evaluated only when
 its own config and autoencoder are the run's. Portability: when the sweep trains its autoencoder
 (args.autoenc_train_config of the base config), its weights and config are kept in RESULTS_DIR/autoencoder/ and
-every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; a results folder that is
-committed with them resumes on another machine without retraining either. --tables_only rewrites the tables
-and plots from the stored runs without checking them.
+every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; with these two files
+copied along, a results folder resumes on another machine without retraining either (docs/design.md).
+--tables_only rewrites the tables and plots from the stored runs without checking them.
 
 After each run it rewrites RESULTS_DIR/results.json, results.md and the plots (evaluation.sweep_tables): one
 curve per variant against the total number of serial steps (and the sampling time per image), error bars the
