@@ -1,6 +1,6 @@
 """Ablation sweeps: train variants of one config and measure each at several sampling schedules.
 
-    python main_sweep.py --config configs/sweeps/ablations.yaml [--remeasure | --tables_only]
+    python main_sweep.py --config configs/sweeps/ablations.yaml [--remeasure | --tables_only] [--runs NAME ...]
 
 The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
 model: and args: keys, and of evaluation.likelihood_schedules / evaluation.sample_schedules), the training
@@ -23,8 +23,10 @@ checkpoints again (no retraining), or choose another results_dir. A finished che
 its own config and autoencoder are the run's. Portability: when the sweep trains its autoencoder
 (args.autoenc_train_config of the base config), its weights and config are kept in RESULTS_DIR/autoencoder/ and
 every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; with these two files
-copied along, a results folder resumes on another machine without retraining either (docs/design.md).
---tables_only rewrites the tables and plots from the stored runs without checking them.
+committed beside the figures, a clone resumes the sweep on another machine without retraining either
+(docs/design.md). --tables_only rewrites the tables and plots from the stored runs without checking them.
+--runs trains and measures only the named runs, so two processes (one thread each) can share a sweep's runs
+once the token cache and the probe exist; each rewrites the tables from every stored run.
 
 After each run it rewrites RESULTS_DIR/results.json, results.md and the plots (evaluation.sweep_tables): one
 curve per variant against the total number of serial steps (and the sampling time per image), error bars the
@@ -355,10 +357,14 @@ def stored_runs(sweep):
     return results
 
 
-def run_sweep(sweep, device, remeasure=False):
+def run_sweep(sweep, device, remeasure=False, only=None):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
-    first), rewriting the results after each; returns the aggregated table."""
+    first), or only the runs named in `only`, rewriting the results from every stored run after each;
+    returns the aggregated table."""
     runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
+    unknown = sorted(set(only or ()) - set(runs))
+    if unknown:
+        raise ConfigError(f"--runs: {', '.join(unknown)} not in this sweep; its runs are {', '.join(runs)}")
     names = {name: variant for name, (variant, _) in runs.items()}
     configs = prepare_autoencoder(sweep, {name: run_config(sweep, *run) for name, run in runs.items()})
     data_roots, autoencoder_sha256 = {}, {}
@@ -379,6 +385,8 @@ def run_sweep(sweep, device, remeasure=False):
                                                        epochs=sweep['evaluation']['probe_epochs']), file_sha256(path))
     results = stored_runs(sweep)
     for name, config in configs.items():
+        if only and name not in only:
+            continue
         settings, root = run_settings(sweep, names[name]), data_roots[name]
         probe, probe_sha256 = probes.get(root, (None, None))
         provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256}
@@ -410,8 +418,8 @@ def run_sweep(sweep, device, remeasure=False):
         results[name] = evaluate_run(config, settings, root, probe, device,
                                      {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
                                      ceilings[root], path)
-        write_results(results, sweep)
-    return write_results(results, sweep)
+        write_results(stored_runs(sweep), sweep)  # with the runs another process finished meanwhile
+    return write_results(stored_runs(sweep), sweep)
 
 
 def main(argv=None):
@@ -424,6 +432,9 @@ def main(argv=None):
                        help='measure again, from their finished checkpoints, the runs whose stored figures do not fit')
     which.add_argument('--tables_only', action='store_true',
                        help='rewrite the tables and plots from the stored runs, without checking or running anything')
+    parser.add_argument('--runs', nargs='+', metavar='NAME',
+                        help='train and evaluate only these runs (VARIANT-seedS), e.g. to share a sweep between two '
+                             'processes, one per core; the tables hold every stored run')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with exit_on_error():
@@ -431,7 +442,7 @@ def main(argv=None):
         if args.tables_only:
             write_results(stored_runs(sweep), sweep)
         else:
-            run_sweep(sweep, device, args.remeasure)
+            run_sweep(sweep, device, args.remeasure, args.runs)
 
 
 if __name__ == '__main__':

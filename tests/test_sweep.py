@@ -162,6 +162,34 @@ def test_a_variant_with_its_own_data_is_evaluated_on_it(base, tmp_path):
         'probe_sha256']
 
 
+def test_runs_shared_between_two_processes(base, tmp_path, monkeypatch, capsys):
+    """--runs trains only the named runs; the tables hold every run stored so far, also one that another
+    process finished while this one was training."""
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out)
+    main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'raster-seed0'])
+    assert not (out / 'checkerboard-seed0').exists()
+    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'raster-seed0'}
+    raster = out / 'runs' / 'raster-seed0.json'
+    finished_elsewhere = raster.read_bytes()
+    raster.unlink()
+    train = train_main.train
+
+    def other_process_finishes_raster(config):
+        raster.write_bytes(finished_elsewhere)
+        return train(config)
+
+    monkeypatch.setattr(train_main, 'train', other_process_finishes_raster)
+    main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'checkerboard-seed0'])
+    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0', 'raster-seed0'}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'random-seed0'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert '--runs: random-seed0 not in this sweep; its runs are checkerboard-seed0, raster-seed0' in err[0]
+
+
 @pytest.mark.parametrize('changes, message', [
     ({'variantz': {}}, "unknown key 'sweep.variantz'"),
     ({'variants': {'a': {'args.epochz': 2}}}, "variant a: unknown key 'args.epochz'"),
