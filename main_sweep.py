@@ -415,9 +415,9 @@ def run_sweep(sweep, device, remeasure=False, only=None):
         if root not in ceilings:
             ceilings[root] = real_ceiling(root, config['model'].img_size, settings, device) if probe else {}
         print(f'{name}: evaluating')
-        results[name] = evaluate_run(config, settings, root, probe, device,
-                                     {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
-                                     ceilings[root], path)
+        evaluate_run(config, settings, root, probe, device,
+                     {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
+                     ceilings[root], path)
         write_results(stored_runs(sweep), sweep)  # with the runs another process finished meanwhile
     return write_results(stored_runs(sweep), sweep)
 
