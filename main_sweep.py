@@ -359,8 +359,8 @@ def stored_runs(sweep):
 
 def run_sweep(sweep, device, remeasure=False, only=None):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
-    first), or only the runs named in `only`, rewriting the results from every stored run after each;
-    returns the aggregated table."""
+    first), or only the runs named in `only`, rewriting the results from every stored run after each (once at
+    the end when none needed evaluating)."""
     runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
     unknown = sorted(set(only or ()) - set(runs))
     if unknown:
@@ -383,7 +383,7 @@ def run_sweep(sweep, device, remeasure=False, only=None):
             probes[root] = (sample_quality.train_probe(root, min(first['model'].img_size, 64), device, path,
                                                        seed=sweep['evaluation']['seed'],
                                                        epochs=sweep['evaluation']['probe_epochs']), file_sha256(path))
-    results = stored_runs(sweep)
+    results, evaluated = stored_runs(sweep), False
     for name, config in configs.items():
         if only and name not in only:
             continue
@@ -418,8 +418,10 @@ def run_sweep(sweep, device, remeasure=False, only=None):
         evaluate_run(config, settings, root, probe, device,
                      {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
                      ceilings[root], path)
+        evaluated = True
         write_results(stored_runs(sweep), sweep)  # with the runs another process finished meanwhile
-    return write_results(stored_runs(sweep), sweep)
+    if not evaluated:
+        write_results(stored_runs(sweep), sweep)
 
 
 def main(argv=None):
