@@ -25,8 +25,11 @@ its own config and autoencoder are the run's. Portability: when the sweep trains
 every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; with these two files
 committed beside the figures, a clone resumes the sweep on another machine without retraining either
 (docs/design.md). --tables_only rewrites the tables and plots from the stored runs without checking them.
---runs trains and measures only the named runs, so two processes (one thread each) can share a sweep's runs
-once the token cache and the probe exist; each rewrites the tables from every stored run.
+Processes can share a sweep, one thread each: the same command started twice takes the runs in turn. A
+process holds a run's file lock (OUTPUT_DIR/<run>.lock) while it trains and measures it, and the others pass
+it by; the autoencoder, the probe and the token cache are made by one process while the others wait. A lock
+goes with its process, so a killed sweep restarts with the same commands. Each process rewrites the tables
+from every stored run. --runs trains and measures only the named runs.
 
 After each run it rewrites RESULTS_DIR/results.json, results.md and the plots (evaluation.sweep_tables): one
 curve per variant against the total number of serial steps (and the sampling time per image), error bars the
@@ -58,6 +61,7 @@ from models.sample_batches import draw_samples
 from models.sample_settings import SampleSettings
 from util.atomic import atomic_write
 from util.checkpoint import flatten, load_checkpoint
+from util.file_lock import file_lock
 from util.config import ConfigError, check_keys, read_config
 from util.images import from_uint8, save_png
 from util.provenance import code_version, file_sha256, machine, short_version, software
@@ -345,81 +349,102 @@ def write_results(results, sweep):
     return table
 
 
+def stored_run_path(sweep, name):
+    return os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
+
+
+def stored_run(path):
+    """The figures stored at path, or None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def stored_runs(sweep):
     """{run name: its stored figures} of every run of the sweep that has them."""
-    results = {}
-    for seed in sweep['seeds']:
-        for variant in sweep['variants']:
-            path = os.path.join(sweep['results_dir'], 'runs', f'{variant}-seed{seed}.json')
-            if os.path.isfile(path):
-                with open(path) as f:
-                    results[f'{variant}-seed{seed}'] = json.load(f)
-    return results
+    names = (f'{variant}-seed{seed}' for seed in sweep['seeds'] for variant in sweep['variants'])
+    results = {name: stored_run(stored_run_path(sweep, name)) for name in names}
+    return {name: figures for name, figures in results.items() if figures is not None}
+
+
+def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceilings, device, remeasure):
+    """Train (or resume) and measure one run unless its stored figures stand for it; True when it was measured.
+    provenance: its autoencoder's and probe's sha256; ceilings: {data root: real-against-real figures}, filled
+    on first use."""
+    path = stored_run_path(sweep, name)
+    stored = stored_run(path)  # read now: another process may have measured it meanwhile
+    reason = stale_reason(stored, {'provenance': provenance, 'training': training_record(config),
+                                   'settings': settings}) if stored else None
+    if stored and reason is None:
+        print(f"{name}: trained and evaluated earlier ({path}, code {short_version(stored['provenance'].get('code'))})")
+        return False
+    if reason and not remeasure:
+        raise ConfigError(f'{path} holds figures that cannot stand for this run: {reason}; run with --remeasure to '
+                          'measure its checkpoint again (no retraining), or choose another results_dir')
+    status = checkpoint_status(config, provenance['autoencoder_sha256'])
+    if reason and status != 'finished':
+        raise ConfigError(f'{name}: --remeasure needs its finished checkpoint in {config["args"]["output_dir"]} '
+                          f'({status}); choose another results_dir to train it again')
+    train_seconds = None
+    if status != 'finished':
+        print(f'{name}: training into {config["args"]["output_dir"]}')
+        start = time.perf_counter()
+        train_main.train(config)
+        train_seconds = time.perf_counter() - start
+    else:
+        print(f'{name}: finished, not retrained')
+    if data_root not in ceilings:
+        ceilings[data_root] = real_ceiling(data_root, config['model'].img_size, settings, device) if probe else {}
+    print(f'{name}: evaluating')
+    evaluate_run(config, settings, data_root, probe, device,
+                 {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
+                 ceilings[data_root], path)
+    return True
 
 
 def run_sweep(sweep, device, remeasure=False, only=None):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
-    first), or only the runs named in `only`, rewriting the results from every stored run after each (once at
-    the end when none needed evaluating)."""
+    first), or only the runs named in `only`, passing by those another process holds, rewriting the results
+    from every stored run after each (once at the end when none needed evaluating)."""
     runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
     unknown = sorted(set(only or ()) - set(runs))
     if unknown:
         raise ConfigError(f"--runs: {', '.join(unknown)} not in this sweep; its runs are {', '.join(runs)}")
     names = {name: variant for name, (variant, _) in runs.items()}
-    configs = prepare_autoencoder(sweep, {name: run_config(sweep, *run) for name, run in runs.items()})
-    data_roots, autoencoder_sha256 = {}, {}
-    for name, config in configs.items():  # every check before any training
-        configs[name], data_roots[name] = train_main.resolve_run(config)
-        settings = run_settings(sweep, names[name])
-        sides = build_generator(configs[name]['model'], load_autoencoder_checkpoint=False).sides
-        for schedule in settings['likelihood_schedules'] + settings['sample_schedules']:
-            sweep_sample_settings(settings, schedule).check(sides, device)
-        autoencoder_sha256[name] = file_sha256(resolve_path(configs[name]['model'].autoenc.checkpoint_path))
-    first = next(iter(configs.values()))
-    probes, ceilings = {}, {}
-    if first['model'].class_cond and any(run_settings(sweep, v)['sample_schedules'] for v in sweep['variants']):
-        for root in dict.fromkeys(data_roots.values()):
-            path = probe_path(sweep, root, data_roots.values())
-            probes[root] = (sample_quality.train_probe(root, min(first['model'].img_size, 64), device, path,
-                                                       seed=sweep['evaluation']['seed'],
-                                                       epochs=sweep['evaluation']['probe_epochs']), file_sha256(path))
-    results, evaluated = stored_runs(sweep), False
+    with file_lock(os.path.join(sweep['output_dir'], 'setup.lock')):  # another process waits for the files
+        configs = prepare_autoencoder(sweep, {name: run_config(sweep, *run) for name, run in runs.items()})
+        data_roots, autoencoder_sha256 = {}, {}
+        for name, config in configs.items():  # every check before any training
+            configs[name], data_roots[name] = train_main.resolve_run(config)
+            settings = run_settings(sweep, names[name])
+            sides = build_generator(configs[name]['model'], load_autoencoder_checkpoint=False).sides
+            for schedule in settings['likelihood_schedules'] + settings['sample_schedules']:
+                sweep_sample_settings(settings, schedule).check(sides, device)
+            autoencoder_sha256[name] = file_sha256(resolve_path(configs[name]['model'].autoenc.checkpoint_path))
+        first = next(iter(configs.values()))
+        probes, ceilings = {}, {}
+        if first['model'].class_cond and any(run_settings(sweep, v)['sample_schedules'] for v in sweep['variants']):
+            for root in dict.fromkeys(data_roots.values()):
+                path = probe_path(sweep, root, data_roots.values())
+                probe = sample_quality.train_probe(root, min(first['model'].img_size, 64), device, path,
+                                                   seed=sweep['evaluation']['seed'],
+                                                   epochs=sweep['evaluation']['probe_epochs'])
+                probes[root] = (probe, file_sha256(path))
+    evaluated = False
     for name, config in configs.items():
         if only and name not in only:
             continue
-        settings, root = run_settings(sweep, names[name]), data_roots[name]
-        probe, probe_sha256 = probes.get(root, (None, None))
-        provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256}
-        path = os.path.join(sweep['results_dir'], 'runs', f'{name}.json')
-        reason = stale_reason(results[name], {'provenance': provenance, 'training': training_record(config),
-                                              'settings': settings}) if name in results else None
-        if name in results and reason is None:
-            version = short_version(results[name]['provenance'].get('code'))
-            print(f'{name}: trained and evaluated earlier ({path}, code {version})')
-            continue
-        if reason and not remeasure:
-            raise ConfigError(f'{path} holds figures that cannot stand for this run: {reason}; run with --remeasure to '
-                              'measure its checkpoint again (no retraining), or choose another results_dir')
-        status = checkpoint_status(config, autoencoder_sha256[name])
-        if reason and status != 'finished':
-            raise ConfigError(f'{name}: --remeasure needs its finished checkpoint in {config["args"]["output_dir"]} '
-                              f'({status}); choose another results_dir to train it again')
-        train_seconds = None
-        if status != 'finished':
-            print(f'{name}: training into {config["args"]["output_dir"]}')
-            start = time.perf_counter()
-            train_main.train(config)
-            train_seconds = time.perf_counter() - start
-        else:
-            print(f'{name}: finished, not retrained')
-        if root not in ceilings:
-            ceilings[root] = real_ceiling(root, config['model'].img_size, settings, device) if probe else {}
-        print(f'{name}: evaluating')
-        evaluate_run(config, settings, root, probe, device,
-                     {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
-                     ceilings[root], path)
-        evaluated = True
-        write_results(stored_runs(sweep), sweep)  # with the runs another process finished meanwhile
+        with file_lock(os.path.join(sweep['output_dir'], f'{name}.lock'), wait=False) as mine:
+            if not mine:
+                print(f'{name}: another process is training or measuring it; skipped')
+                continue
+            probe, probe_sha256 = probes.get(data_roots[name], (None, None))
+            provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256}
+            if settle_run(sweep, name, config, run_settings(sweep, names[name]), data_roots[name], provenance,
+                          probe, ceilings, device, remeasure):
+                evaluated = True
+                write_results(stored_runs(sweep), sweep)  # with the runs another process finished meanwhile
     if not evaluated:
         write_results(stored_runs(sweep), sweep)
 
@@ -435,8 +460,7 @@ def main(argv=None):
     which.add_argument('--tables_only', action='store_true',
                        help='rewrite the tables and plots from the stored runs, without checking or running anything')
     parser.add_argument('--runs', nargs='+', metavar='NAME',
-                        help='train and evaluate only these runs (VARIANT-seedS), e.g. to share a sweep between two '
-                             'processes, one per core; the tables hold every stored run')
+                        help='train and evaluate only these runs (VARIANT-seedS); the tables hold every stored run')
     args = parser.parse_args(argv)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with exit_on_error():

@@ -9,6 +9,7 @@ cache_dir holds
 Batches are laid out from each shard's start, so a resumed run encodes exactly the batches an uninterrupted
 run would have.
 """
+import contextlib
 import glob
 import hashlib
 import json
@@ -22,6 +23,7 @@ from numpy.lib.format import open_memmap
 from data.transforms import NUM_VIEWS, view_index
 from util.atomic import atomic_write
 from util.errors import DataError
+from util.file_lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -170,23 +172,27 @@ def create_token_cache(cache_dir, dataset, ae, sides, image_size, vocab_size, de
     e.g. ImageFolderDataset(..., all_views=True). Under torchrun every rank calls this with its rank and
     barrier=torch.distributed.barrier; rank r encodes shard_range(N, r, world_size). Rerunning after an
     interruption resumes; a complete matching cache is left as is; a mismatching one is refused.
-    on_batch(done, shard_size) is called after each batch is saved.
+    on_batch(done, shard_size) is called after each batch is saved. Separate one-process jobs creating the
+    same cache (two sweep processes) take turns on the file lock CACHE_DIR.lock; the ranks of one job
+    coordinate through barrier instead.
     """
     barrier = barrier or (lambda: None)
     manifest = cache_manifest(dataset.classes, len(dataset), autoencoder_fingerprint(ae), sides, image_size,
                               vocab_size)
-    found = check_manifest(cache_dir, manifest, exact=False)
-    if found is not None and found['complete']:
-        return found
-    if rank == 0:
-        _prepare(cache_dir, manifest)
-    barrier()
-    check_manifest(cache_dir, manifest, exact=True)
-    _encode_shard(cache_dir, manifest, dataset, ae, device, batch_size, num_workers, rank, world_size, on_batch)
-    barrier()
-    if rank == 0:
-        _finalize(cache_dir, manifest, world_size)
-    barrier()
+    one_job = file_lock(f'{os.path.normpath(cache_dir)}.lock') if world_size == 1 else contextlib.nullcontext()
+    with one_job:
+        found = check_manifest(cache_dir, manifest, exact=False)
+        if found is not None and found['complete']:
+            return found
+        if rank == 0:
+            _prepare(cache_dir, manifest)
+        barrier()
+        check_manifest(cache_dir, manifest, exact=True)
+        _encode_shard(cache_dir, manifest, dataset, ae, device, batch_size, num_workers, rank, world_size, on_batch)
+        barrier()
+        if rank == 0:
+            _finalize(cache_dir, manifest, world_size)
+        barrier()
     return manifest
 
 

@@ -2,6 +2,7 @@
 finished runs, evaluated once (likelihood at every schedule, sample quality), results and plots written."""
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from conftest import write_tiny_run
 from data.builtin import ensure_builtin_dataset
 from evaluation import sweep_tables
 from util.checkpoint import load_checkpoint
+from util.file_lock import file_lock
 
 
 @pytest.fixture(scope='module')
@@ -163,8 +165,8 @@ def test_a_variant_with_its_own_data_is_evaluated_on_it(base, tmp_path):
 
 
 def test_runs_shared_between_two_processes(base, tmp_path, monkeypatch, capsys):
-    """--runs trains only the named runs; the tables hold every run stored so far, also one that another
-    process finished while this one was training."""
+    """--runs trains only the named runs; a run that another process measured while this one was training is
+    neither trained nor measured again, and the tables hold it."""
     out = tmp_path / 'sweep'
     config = write_sweep(base, out)
     main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'raster-seed0'])
@@ -180,14 +182,43 @@ def test_runs_shared_between_two_processes(base, tmp_path, monkeypatch, capsys):
         return train(config)
 
     monkeypatch.setattr(train_main, 'train', other_process_finishes_raster)
-    main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'checkerboard-seed0'])
-    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0', 'raster-seed0'}
     capsys.readouterr()
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    assert 'raster-seed0: trained and evaluated earlier' in capsys.readouterr().out
+    assert raster.read_bytes() == finished_elsewhere
+    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0', 'raster-seed0'}
     with pytest.raises(SystemExit) as e:
         main_sweep.main(['--config', config, '--device', 'cpu', '--runs', 'random-seed0'])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert '--runs: random-seed0 not in this sweep; its runs are checkerboard-seed0, raster-seed0' in err[0]
+
+
+def test_the_same_command_twice_shares_the_runs(base, tmp_path, capsys):
+    """A run that another process holds (its lock) is passed by, and taken by the next start."""
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out)
+    with file_lock(str(out / 'raster-seed0.lock')):  # another process is training raster
+        main_sweep.main(['--config', config, '--device', 'cpu'])
+    assert 'raster-seed0: another process is training or measuring it; skipped' in capsys.readouterr().out
+    assert not (out / 'raster-seed0').exists()
+    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0'}
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    assert 'raster-seed0: training into' in capsys.readouterr().out
+    assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0', 'raster-seed0'}
+
+
+def test_a_second_start_waits_for_the_setup_of_the_first(base, tmp_path):
+    """The checks, the autoencoder and the class probe are made under OUTPUT_DIR/setup.lock."""
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out, variants={'checkerboard': {}})
+    with file_lock(str(out / 'setup.lock')):  # the first process, training the probe
+        second = threading.Thread(target=main_sweep.main, args=(['--config', config, '--device', 'cpu'],))
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive() and not (out / 'class_probe.pth').exists()
+    second.join(timeout=300)
+    assert not second.is_alive() and (out / 'runs' / 'checkerboard-seed0.json').is_file()
 
 
 @pytest.mark.parametrize('changes, message', [

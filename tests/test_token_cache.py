@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ from data.image_folder import ImageFolderDataset
 from data.token_cache import (TokenCacheDataset, TokenCacheMismatch, autoencoder_fingerprint, code_dtype,
                               codes_path, create_token_cache)
 from data.transforms import NUM_VIEWS, view_index
+from util.file_lock import file_lock
 
 SIZE = 16
 SIDES = [1, 2, 4]
@@ -111,6 +113,20 @@ def test_interrupted_creation_resumes_to_identical_arrays(tmp_path, images):
     create(tmp_path / 'resumed', images, ae)
     assert ae.num_encoded == (11 - 6) * NUM_VIEWS
     assert_same_arrays(read_arrays(tmp_path / 'full'), read_arrays(tmp_path / 'resumed'))
+
+
+def test_a_second_job_waits_for_the_first_and_encodes_nothing(tmp_path, images):
+    """Two one-process jobs creating one cache (two sweep processes) take turns on its lock file."""
+    create(tmp_path / 'made', images, StandInAutoencoder())
+    cache, second, returned = tmp_path / 'cache', StandInAutoencoder(), []
+    with file_lock(f'{cache}.lock'):  # the first job, encoding
+        waiting = threading.Thread(target=lambda: returned.append(create(cache, images, second)))
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and not cache.exists()
+        shutil.copytree(tmp_path / 'made', cache)  # what the first job leaves: the complete cache
+    waiting.join(timeout=60)
+    assert returned and returned[0]['complete'] and second.num_encoded == 0
 
 
 def test_two_ranks_match_one_rank(tmp_path, images):
