@@ -61,8 +61,8 @@ from models.sample_batches import draw_samples
 from models.sample_settings import SampleSettings
 from util.atomic import atomic_write
 from util.checkpoint import flatten, load_checkpoint
-from util.file_lock import file_lock
 from util.config import ConfigError, check_keys, read_config
+from util.file_lock import file_lock
 from util.images import from_uint8, save_png
 from util.provenance import code_version, file_sha256, machine, short_version, software
 from util.run_dir import LAST_CHECKPOINT, exit_on_error
@@ -412,7 +412,8 @@ def run_sweep(sweep, device, remeasure=False, only=None):
     if unknown:
         raise ConfigError(f"--runs: {', '.join(unknown)} not in this sweep; its runs are {', '.join(runs)}")
     names = {name: variant for name, (variant, _) in runs.items()}
-    with file_lock(os.path.join(sweep['output_dir'], 'setup.lock')):  # another process waits for the files
+    with file_lock(os.path.join(sweep['output_dir'], 'setup.lock'), on_wait=lambda: print(
+            'setup: another process is checking the runs or making the autoencoder or the probe; waiting for it')):
         configs = prepare_autoencoder(sweep, {name: run_config(sweep, *run) for name, run in runs.items()})
         data_roots, autoencoder_sha256 = {}, {}
         for name, config in configs.items():  # every check before any training

@@ -208,7 +208,7 @@ def test_the_same_command_twice_shares_the_runs(base, tmp_path, capsys):
     assert set(json.loads((out / 'results.json').read_text())['runs']) == {'checkerboard-seed0', 'raster-seed0'}
 
 
-def test_a_second_start_waits_for_the_setup_of_the_first(base, tmp_path):
+def test_a_second_start_waits_for_the_setup_of_the_first(base, tmp_path, capsys):
     """The checks, the autoencoder and the class probe are made under OUTPUT_DIR/setup.lock."""
     out = tmp_path / 'sweep'
     config = write_sweep(base, out, variants={'checkerboard': {}})
@@ -219,6 +219,7 @@ def test_a_second_start_waits_for_the_setup_of_the_first(base, tmp_path):
         assert second.is_alive() and not (out / 'class_probe.pth').exists()
     second.join(timeout=300)
     assert not second.is_alive() and (out / 'runs' / 'checkerboard-seed0.json').is_file()
+    assert 'setup: another process is checking the runs' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('changes, message', [
