@@ -241,6 +241,7 @@ class Trainer:
                     if self.dist.enabled else self.model)
         self.train_gen = torch.Generator(self.device).manual_seed(args['seed'])  # same on every rank
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.earlier_seconds = 0.0  # training wall time of the sessions before this one (None: not recorded)
         if resume is not None:
             self.resume(*resume)
         self.log = RunLog(args['output_dir'], enabled=dist.is_main, name=LOG_FILE)
@@ -281,7 +282,14 @@ class Trainer:
                 'step': self.step, 'batch_in_epoch': self.batch_in_epoch,
                 'scheduler': self.scheduler.state_dict(), 'rng': rng_states(self.train_gen),
                 'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published(),
-                'autoenc_sha256': self.autoenc_sha256}
+                'autoenc_sha256': self.autoenc_sha256, 'train_seconds': self.train_seconds()}
+
+    def train_seconds(self):
+        """Wall time spent training up to now, every session of a resumed run summed (the steps a stop lost are
+        not counted); None when resumed from a checkpoint that did not record it."""
+        if self.earlier_seconds is None:
+            return None
+        return self.earlier_seconds + time.perf_counter() - self.session_start
 
     def save(self, keep=False):
         """The last checkpoint (and a numbered keep) with the config beside it; rank 0 writes, atomically."""
@@ -301,6 +309,7 @@ class Trainer:
         self.optimizer.load_state_dict(ck['optimizer'])
         self.scheduler.load_state_dict(ck['scheduler'])
         self.step, self.epoch, self.batch_in_epoch = ck['step'], ck['epoch'], ck['batch_in_epoch']
+        self.earlier_seconds = ck.get('train_seconds')
         self.train_gen.set_state(ck['rng']['train'].to(self.train_gen.get_state().device))
         if self.dist.world_size == 1:  # rank 0's global state is saved; other ranks keep their seeding
             torch.set_rng_state(ck['rng']['torch'])
@@ -344,6 +353,7 @@ class Trainer:
         """Train to args.epochs (or args.max_steps), evaluating every eval_freq epochs and at the end."""
         args = self.args
         tokens_per_image = self.model.num_positions
+        self.session_start = time.perf_counter()
         self.say(f'{len(self.dataset)} training items, global batch {self.sampler.global_batch} '
                  f'({self.dist.world_size} process(es)), {self.sampler.batches_per_epoch} steps/epoch, '
                  f'lr {self.lr:.3g}, precision {self.precision}, device {self.device}')

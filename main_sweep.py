@@ -307,6 +307,12 @@ def checkpoint_status(config, autoencoder_sha256):
     return 'finished' if done else 'unfinished'
 
 
+def recorded_train_seconds(config):
+    """The training wall time the run's last checkpoint records, every session summed (None for checkpoints
+    written before 2026-12-03)."""
+    return load_checkpoint(os.path.join(config['args']['output_dir'], LAST_CHECKPOINT)).get('train_seconds')
+
+
 def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling, path):
     """Measure a trained run (likelihoods, sample qualities) and save its figures with provenance to path."""
     folder = config['args']['output_dir']
@@ -325,7 +331,7 @@ def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling
         samples.append(record)
         real.update(real_figures)
     result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
-              'provenance': {**provenance, 'code': code_version(), 'software': software(), 'machine': machine(device),
+              'provenance': {**provenance, 'software': software(), 'machine': machine(device),
                              'data_root': data_root, 'measure_seconds': time.perf_counter() - start},
               'ceiling': real, 'likelihood': likelihoods, 'samples': samples}
     with atomic_write(path, 'w') as f:
@@ -370,7 +376,7 @@ def stored_runs(sweep):
 
 def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceilings, device, remeasure):
     """Train (or resume) and measure one run unless its stored figures stand for it; True when it was measured.
-    provenance: its autoencoder's and probe's sha256; ceilings: {data root: real-against-real figures}, filled
+    provenance: its autoencoder's and probe's sha256 and the code version; ceilings: {data root: real-against-real figures}, filled
     on first use."""
     path = stored_run_path(sweep, name)
     stored = stored_run(path)  # read now: another process may have measured it meanwhile
@@ -386,19 +392,16 @@ def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceil
     if reason and status != 'finished':
         raise ConfigError(f'{name}: --remeasure needs its finished checkpoint in {config["args"]["output_dir"]} '
                           f'({status}); choose another results_dir to train it again')
-    train_seconds = None
     if status != 'finished':
         print(f'{name}: training into {config["args"]["output_dir"]}')
-        start = time.perf_counter()
         train_main.train(config)
-        train_seconds = time.perf_counter() - start
     else:
         print(f'{name}: finished, not retrained')
     if data_root not in ceilings:
         ceilings[data_root] = real_ceiling(data_root, config['model'].img_size, settings, device) if probe else {}
     print(f'{name}: evaluating')
     evaluate_run(config, settings, data_root, probe, device,
-                 {**provenance, 'train_seconds': train_seconds, 'resumed': status == 'unfinished'},
+                 {**provenance, 'train_seconds': recorded_train_seconds(config)},
                  ceilings[data_root], path)
     return True
 
@@ -407,6 +410,7 @@ def run_sweep(sweep, device, remeasure=False, only=None):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
     first), or only the runs named in `only`, passing by those another process holds, rewriting the results
     from every stored run after each (once at the end when none needed evaluating)."""
+    code = code_version()  # of the code this process runs: read at its start, a later commit does not change it
     runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
     unknown = sorted(set(only or ()) - set(runs))
     if unknown:
@@ -441,7 +445,7 @@ def run_sweep(sweep, device, remeasure=False, only=None):
                 print(f'{name}: another process is training or measuring it; skipped')
                 continue
             probe, probe_sha256 = probes.get(data_roots[name], (None, None))
-            provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256}
+            provenance = {'autoencoder_sha256': autoencoder_sha256[name], 'probe_sha256': probe_sha256, 'code': code}
             if settle_run(sweep, name, config, run_settings(sweep, names[name]), data_roots[name], provenance,
                           probe, ceilings, device, remeasure):
                 evaluated = True

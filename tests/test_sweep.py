@@ -1,5 +1,6 @@
 """main_sweep.py: variants x seeds trained with the normal trainer, resumed after a kill without retraining
 finished runs, evaluated once (likelihood at every schedule, sample quality), results and plots written."""
+import itertools
 import json
 import os
 import threading
@@ -57,6 +58,10 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     done = (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes()
     assert load_checkpoint(out / 'raster-seed0' / 'checkpoint-last.pth')['step'] == 2
     monkeypatch.setattr(train_main.Trainer, 'train_step', step)
+    killed = out / 'raster-seed0' / 'checkpoint-last.pth'
+    torch.save({**load_checkpoint(killed), 'train_seconds': 1000.0}, killed)  # as if killed after 1,000 s
+    versions = itertools.chain([{'commit': 'a' * 40, 'clean': True}], itertools.repeat({'commit': 'b' * 40}))
+    monkeypatch.setattr(main_sweep, 'code_version', lambda: next(versions))  # a commit while the sweep runs
     capsys.readouterr()
     main_sweep.main(['--config', config, '--device', 'cpu'])
     printed = capsys.readouterr()
@@ -72,9 +77,11 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     one_scale = results['runs']['one-scale-seed0']
     assert one_scale['sides'] == [4] and [row['serial_steps'] for row in one_scale['likelihood']] == [1, 16]
     provenance = results['runs']['raster-seed0']['provenance']
-    assert provenance['resumed'] and provenance['train_seconds'] > 0 and provenance['data_root'] == str(base / 'shapes')
+    assert 1000 < provenance['train_seconds'] < 1600  # both sessions of the killed run
+    assert provenance['code']['commit'] == 'a' * 40  # the version this process started with
+    assert provenance['data_root'] == str(base / 'shapes')
     assert len(provenance['autoencoder_sha256']) == 64 and len(provenance['probe_sha256']) == 64
-    assert provenance['software']['torch'] == torch.__version__ and 'code' in provenance
+    assert provenance['software']['torch'] == torch.__version__
     quality = results['variants']['checkerboard']['samples'][0]
     assert 0 <= quality['class_consistency'] <= 1 and quality['class_consistency_std'] is None
     assert 0 <= quality['two_sample_accuracy'] <= 1 and quality['seconds_per_image'] > 0
@@ -132,7 +139,9 @@ def test_figures_of_another_autoencoder_or_probe_are_refused_then_remeasured(bas
     assert e.value.code == 2 and len(err) == 1 and f'{message} (sha256 000000000000, now {real[:12]})' in err[0]
     main_sweep.main(['--config', config, '--device', 'cpu', '--remeasure'])
     assert 'training into' not in capsys.readouterr().out
-    assert json.loads(run.read_text())['provenance'][key] == real
+    remeasured = json.loads(run.read_text())['provenance']
+    assert remeasured[key] == real
+    assert remeasured['train_seconds'] == stored['provenance']['train_seconds'] > 0  # the checkpoint's, not this process's
     assert (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes() == checkpoint
 
 

@@ -97,6 +97,21 @@ def test_exact_resume(setup):
     assert model.sample(SampleSettings(steps_per_scale=2), labels=[3], seeds=[0]).codes[-1].shape == (1, 4, 4)
 
 
+def test_training_time_adds_up_over_a_resume(setup):
+    """The checkpoint's train_seconds sums every session; from a checkpoint that lacks it, it stays unknown."""
+    out = setup / 'timed'
+    run(setup, out, '--max_steps', '2')
+    path = out / 'checkpoint-last.pth'
+    state = load_checkpoint(path)
+    assert 0 < state['train_seconds'] < 600
+    torch.save({**state, 'train_seconds': 1000.0}, path)  # as if the first session had trained for 1,000 s
+    run(setup, out, '--max_steps', '3')
+    assert 1000 < load_checkpoint(path)['train_seconds'] < 1600
+    torch.save({k: v for k, v in load_checkpoint(path).items() if k != 'train_seconds'}, path)  # an older checkpoint
+    run(setup, out, '--max_steps', '4')
+    assert load_checkpoint(path)['train_seconds'] is None
+
+
 def folder_state(folder):
     """{file: bytes} of everything under folder."""
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
