@@ -307,10 +307,11 @@ def checkpoint_status(config, autoencoder_sha256):
     return 'finished' if done else 'unfinished'
 
 
-def recorded_train_seconds(config):
-    """The training wall time the run's last checkpoint records, every session summed (None for checkpoints
-    written before 2026-12-03)."""
-    return load_checkpoint(os.path.join(config['args']['output_dir'], LAST_CHECKPOINT)).get('train_seconds')
+def recorded_training(config):
+    """{'train_steps', 'train_seconds'} of the run's last checkpoint: its optimizer steps and its training wall
+    time, every session summed (None for checkpoints written before 2026-12-03)."""
+    state = load_checkpoint(os.path.join(config['args']['output_dir'], LAST_CHECKPOINT))
+    return {'train_steps': state['step'], 'train_seconds': state.get('train_seconds')}
 
 
 def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling, path):
@@ -401,7 +402,7 @@ def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceil
         ceilings[data_root] = real_ceiling(data_root, config['model'].img_size, settings, device) if probe else {}
     print(f'{name}: evaluating')
     evaluate_run(config, settings, data_root, probe, device,
-                 {**provenance, 'train_seconds': recorded_train_seconds(config)},
+                 {**provenance, **recorded_training(config)},
                  ceilings[data_root], path)
     return True
 

@@ -90,17 +90,34 @@ def ceiling(results):
     return {key: float(np.mean(values)) for key, values in found.items()}
 
 
+def training_summary(runs):
+    """The training of a variant's runs ({} without training records): epochs, tokens per image and their product
+    (the training compute at the sweep's batch and data), and the optimizer steps (train_steps) and training
+    hours (train_seconds) that the runs recorded, mean and standard deviation over those that did."""
+    trained = [run for run in runs if run.get('training')]
+    if not trained:
+        return {}
+    epochs, tokens = trained[0]['training']['args']['epochs'], sum(side * side for side in trained[0]['sides'])
+    summary = {'epochs': epochs, 'tokens_per_image': tokens, 'token_epochs': epochs * tokens}
+    for key, recorded, scale in (('steps', 'train_steps', 1), ('hours', 'train_seconds', 1 / 3600)):
+        values = [run['provenance'][recorded] * scale for run in trained
+                  if (run.get('provenance') or {}).get(recorded) is not None]
+        if values:
+            summary[key], summary[f'{key}_std'] = mean_std(values)
+    return summary
+
+
 def aggregate(results, sweep):
-    """{variant: {'reference', 'versions', 'likelihood': [...], 'samples': [...]}}: per schedule the serial steps
-    and, per figure (paired_figures' included), the mean and standard deviation over the seeds that have it;
-    versions: the code versions its runs were measured with."""
+    """{variant: {'reference', 'versions', 'training', 'likelihood': [...], 'samples': [...]}}: per schedule the
+    serial steps and, per figure (paired_figures' included), the mean and standard deviation over the seeds that
+    have it; versions: the code versions its runs were measured with; training: training_summary."""
     reference = references(results, sweep)
     paired = paired_figures(results, sweep, reference)
     table = {}
     for variant in reference:
         runs = [paired[name] for name in run_names(sweep, variant) if name in paired]
         versions = sorted({short_version((run.get('provenance') or {}).get('code')) for run in runs})
-        table[variant] = {'reference': reference[variant], 'versions': versions}
+        table[variant] = {'reference': reference[variant], 'versions': versions, 'training': training_summary(runs)}
         for part, metrics in AGGREGATED.items():
             metrics = metrics + tuple(f'{m}_minus_reference' for m in PAIRED[part])
             rows = []
@@ -134,6 +151,23 @@ SAMPLE_COLUMNS = [('class_consistency', 'class consistency', 3, True),
                   ('seconds_per_image', 'sampling s / image', 4, True), ('fid', 'FID', 2, True)]
 
 
+def training_lines(table):
+    """The training table of markdown (no lines when no run recorded its training)."""
+    rows = [(variant, parts['training']) for variant, parts in table.items() if parts['training']]
+    if not rows:
+        return []
+    lines = ['Training compute (at the same batch and data: epochs × tokens per image) and the training wall time '
+             'the checkpoints recorded (mean over the runs that recorded it):', '',
+             '| variant | epochs | tokens per image | epochs × tokens per image | optimizer steps | training hours |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for variant, t in rows:
+        steps = f"{t['steps']:,.0f}" if 'steps' in t else '–'
+        hours = number(t['hours'], t['hours_std'], 2) if 'hours' in t else '–'
+        lines.append(f"| {variant} | {t['epochs']} | {t['tokens_per_image']} | {t['token_epochs']:,} | {steps} | "
+                     f"{hours} |")
+    return lines + ['']
+
+
 def markdown(table, sweep, real):
     """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling()."""
     seeds = ', '.join(map(str, sweep['seeds']))
@@ -160,7 +194,7 @@ def markdown(table, sweep, real):
             lines.append('| real images (ceiling) | – | – | ' + ' | '.join(cells) + ' |')
         return lines
 
-    lines += table_lines('likelihood', LIKELIHOOD_COLUMNS)
+    lines += training_lines(table) + table_lines('likelihood', LIKELIHOOD_COLUMNS)
     if any(parts['samples'] for parts in table.values()):
         n = sweep['evaluation']['num_samples']
         lines += ['', f'{n} samples per schedule; the figures in the probe\'s feature space compare them with '
