@@ -61,10 +61,14 @@ def wait_for(condition, seconds=120):
 
 
 def shown_image(driver, elem_id):
-    """The <img> inside the element, once it has a source."""
+    """The <img> inside the element, once it has a source, is decoded and is laid out (a screenshot of an image
+    still at 0 width fails)."""
     def find():
         images = driver.find_elements('css selector', f'#{elem_id} img')
-        return images[0] if images and images[0].get_attribute('src') else None
+        shown = images and images[0].get_attribute('src') and driver.execute_script(
+            'const image = arguments[0]; return image.complete && image.naturalWidth > 0 '
+            '&& image.getBoundingClientRect().width > 0', images[0])
+        return images[0] if shown else None
     return wait_for(find)
 
 
