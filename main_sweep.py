@@ -377,8 +377,8 @@ def stored_runs(sweep):
 
 def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceilings, device, remeasure):
     """Train (or resume) and measure one run unless its stored figures stand for it; True when it was measured.
-    provenance: its autoencoder's and probe's sha256 and the code version; ceilings: {data root: real-against-real figures}, filled
-    on first use."""
+    provenance: its autoencoder's and probe's sha256 and the code version; ceilings: {data root:
+    real-against-real figures}, filled on first use."""
     path = stored_run_path(sweep, name)
     stored = stored_run(path)  # read now: another process may have measured it meanwhile
     reason = stale_reason(stored, {'provenance': provenance, 'training': training_record(config),
