@@ -142,7 +142,7 @@ def test_figures_of_another_autoencoder_or_probe_are_refused_then_remeasured(bas
     assert 'training into' not in capsys.readouterr().out
     remeasured = json.loads(run.read_text())['provenance']
     assert remeasured[key] == real
-    assert remeasured['train_seconds'] == stored['provenance']['train_seconds'] > 0  # the checkpoint's, not this process's
+    assert remeasured['train_seconds'] == stored['provenance']['train_seconds'] > 0  # the checkpoint's time
     assert (out / 'checkerboard-seed0' / 'checkpoint-last.pth').read_bytes() == checkpoint
 
 
