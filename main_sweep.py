@@ -1,6 +1,6 @@
 """Ablation sweeps: train variants of one config and measure each at several sampling schedules.
 
-    python main_sweep.py --config configs/sweeps/ablations.yaml [--remeasure | --tables_only] [--runs NAME ...]
+    python main_sweep.py --config configs/sweeps/ablations.yaml [--remeasure | --tables_only | --retime] [--runs ...]
 
 The sweep config names a base training config (what main.py takes), the variants (dotted overrides of its
 model: and args: keys, and of evaluation.likelihood_schedules / evaluation.sample_schedules), the training
@@ -25,6 +25,12 @@ its own config and autoencoder are the run's. Portability: when the sweep trains
 every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; with these two files
 committed beside the figures, a clone resumes the sweep on another machine without retraining either
 (docs/design.md). --tables_only rewrites the tables and plots from the stored runs without checking them.
+--retime times sampling again, for the sampling-time axis: the runs' in-sweep times are taken while other runs
+train. It times every variant that has a stored run at each of its sample schedules in one process, interleaved
+(evaluation.sampling_time), with its run's resolved model config, random weights (the time does not depend on
+them) and the sweep's autoencoder, and saves RESULTS_DIR/sampling_times.json with the code version, machine and
+date; the tables and the time plots then use these times where they fit the variant's settings and model. Run it
+alone on the machine, when the sweep is done.
 Processes can share a sweep, one thread each: the same command started twice takes the runs in turn. A
 process holds a run's file lock (OUTPUT_DIR/<run>.lock) while it trains and measures it, and the others pass
 it by; the autoencoder, the probe and the token cache are made by one process while the others wait. A lock
@@ -50,6 +56,7 @@ import yaml
 import main as train_main
 from data.image_folder import load_real_images
 from evaluation import sample_quality, sweep_tables
+from evaluation.sampling_time import time_sampling
 from evaluation.two_sample import two_sample_accuracy
 from models import build_generator, load_generator
 from models.autoencoder import load_autoencoder, save_autoencoder
@@ -85,6 +92,8 @@ EVALUATION = {  # key: default
 POSITIVE = ('likelihood_images', 'num_samples', 'batch_size', 'probe_epochs')
 PER_VARIANT = ('likelihood_schedules', 'sample_schedules')  # evaluation keys a variant may override
 AUTOENCODER_PATHS = ('model.autoenc.config_path', 'model.autoenc.checkpoint_path')  # where, not what: not compared
+TIMES_FILE = 'sampling_times.json'  # in RESULTS_DIR, written by --retime
+TIMED_SETTINGS = ('sample_schedules', 'batch_size', 'cfg', 'cfg_start_step', 'temperature', 'seed')
 
 
 def read_sweep(path):
@@ -344,13 +353,15 @@ def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling
 
 def write_results(results, sweep):
     """results.json, results.md and the plots of the runs evaluated so far."""
-    table = sweep_tables.aggregate(results, sweep)
+    times = timed_alone(sweep, results)
+    table = sweep_tables.aggregate(results, sweep, times)
     real = sweep_tables.ceiling(results)
     folder = sweep['results_dir']
     with atomic_write(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump({'sweep': sweep, 'runs': results, 'variants': table, 'ceiling': real}, f, indent=1)
+        json.dump({'sweep': sweep, 'runs': results, 'variants': table, 'ceiling': real, 'sampling_times': times},
+                  f, indent=1)
     with atomic_write(os.path.join(folder, 'results.md'), 'w') as f:
-        f.write(sweep_tables.markdown(table, sweep, real))
+        f.write(sweep_tables.markdown(table, sweep, real, times))
     written = sweep_tables.plots(table, folder, real)
     print(f"{len(results)} run(s) in {folder}/results.json, results.md{''.join(', ' + name for name in written)}")
     return table
@@ -373,6 +384,58 @@ def stored_runs(sweep):
     names = (f'{variant}-seed{seed}' for seed in sweep['seeds'] for variant in sweep['variants'])
     results = {name: stored_run(stored_run_path(sweep, name)) for name in names}
     return {name: figures for name, figures in results.items() if figures is not None}
+
+
+def first_stored_run(sweep, results, variant):
+    """The stored figures of the variant's first seed that has them, or None."""
+    return next((results[name] for name in sweep_tables.run_names(sweep, variant) if name in results), None)
+
+
+def retime(sweep, device, rounds):
+    """Time sampling of every variant with a stored run alone (see the module docstring) and save the times to
+    RESULTS_DIR/sampling_times.json."""
+    results = stored_runs(sweep)
+    models, settings, timed_models = {}, {}, {}
+    for variant in sweep['variants']:
+        run, settings[variant] = first_stored_run(sweep, results, variant), run_settings(sweep, variant)
+        if run is None or not settings[variant]['sample_schedules']:
+            print(f'{variant}: no stored run with samples, not timed')
+            continue
+        timed_models[variant] = run['training']['model']
+        models[variant] = build_generator(GeneratorConfig.from_dict(timed_models[variant]),
+                                          device=device).to(device).eval()
+    print(f'timing {len(models)} variant(s), {rounds} round(s), {torch.get_num_threads()} torch thread(s)')
+    times = time_sampling(models, {v: settings[v]['sample_schedules'] for v in models},
+                          lambda v, schedule: sweep_sample_settings(settings[v], schedule),
+                          sweep['evaluation']['batch_size'], rounds, sweep['evaluation']['seed'])
+    record = {'provenance': {'code': code_version(), 'software': software(), 'machine': machine(device),
+                             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},
+              'rounds': rounds, 'batch_size': sweep['evaluation']['batch_size'],
+              'variants': {v: {'settings': {k: settings[v][k] for k in TIMED_SETTINGS}, 'model': timed_models[v],
+                               'rows': times[v]} for v in models}}
+    with atomic_write(os.path.join(sweep['results_dir'], TIMES_FILE), 'w') as f:
+        json.dump(record, f, indent=1)
+
+
+def timed_alone(sweep, results):
+    """RESULTS_DIR/sampling_times.json with only the variants whose times fit their current sample settings and
+    the model of their stored runs (a line for each that does not), or None when there is none."""
+    path = os.path.join(sweep['results_dir'], TIMES_FILE)
+    stored = stored_run(path)
+    if stored is None:
+        return None
+    fitting = {}
+    for variant, timed in stored['variants'].items():
+        run = first_stored_run(sweep, results, variant) if variant in sweep['variants'] else None
+        if run is None:
+            continue
+        if ({k: run_settings(sweep, variant)[k] for k in TIMED_SETTINGS} != timed['settings']
+                or first_difference({'model': timed['model']}, {'model': run['training']['model']})):
+            print(f'{path}: {variant} was timed with other sample settings or another model, its times are left '
+                  'out; run --retime again')
+            continue
+        fitting[variant] = timed['rows']
+    return {**stored, 'variants': fitting} if fitting else None
 
 
 def settle_run(sweep, name, config, settings, data_root, provenance, probe, ceilings, device, remeasure):
@@ -465,13 +528,21 @@ def main(argv=None):
                        help='measure again, from their finished checkpoints, the runs whose stored figures do not fit')
     which.add_argument('--tables_only', action='store_true',
                        help='rewrite the tables and plots from the stored runs, without checking or running anything')
+    which.add_argument('--retime', action='store_true',
+                       help='time sampling of every variant with a stored run, alone and interleaved, for the '
+                            'tables and time plots (run it with nothing else on the machine)')
+    parser.add_argument('--rounds', type=int, default=3, help='--retime: timing rounds (the median is kept)')
     parser.add_argument('--runs', nargs='+', metavar='NAME',
                         help='train and evaluate only these runs (VARIANT-seedS); the tables hold every stored run')
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f'--rounds must be at least 1, got {args.rounds}')
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with exit_on_error():
         sweep = read_sweep(args.config)
-        if args.tables_only:
+        if args.retime:
+            retime(sweep, device, args.rounds)
+        if args.tables_only or args.retime:
             write_results(stored_runs(sweep), sweep)
         else:
             run_sweep(sweep, device, args.remeasure, args.runs)

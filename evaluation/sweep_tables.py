@@ -1,6 +1,7 @@
 """The tables and plots of a sweep (main_sweep.py) from its runs' figures: per variant and schedule the mean and
 standard deviation over seeds of every figure, the figures paired with the same seed's run of a reference
-variant, the ceiling (real images against real images), and each run's code version."""
+variant, the ceiling (real images against real images), each run's code version, and the sampling times taken
+alone (main_sweep.py --retime) where there are any."""
 import os
 
 import numpy as np
@@ -107,10 +108,19 @@ def training_summary(runs):
     return summary
 
 
-def aggregate(results, sweep):
+def with_times_alone(rows, timed_rows):
+    """Sample rows with seconds_per_image_alone (and its _min, _max) of the timed rows of the same schedule."""
+    timed = {format_schedule(row['schedule']): row for row in timed_rows}
+    return [{**row, **{key.replace('seconds_per_image', 'seconds_per_image_alone'): value
+                       for key, value in timed.get(format_schedule(row['schedule']), {}).items()
+                       if key.startswith('seconds_per_image')}} for row in rows]
+
+
+def aggregate(results, sweep, times=None):
     """{variant: {'reference', 'versions', 'training', 'likelihood': [...], 'samples': [...]}}: per schedule the
     serial steps and, per figure (paired_figures' included), the mean and standard deviation over the seeds that
-    have it; versions: the code versions its runs were measured with; training: training_summary."""
+    have it; versions: the code versions its runs were measured with; training: training_summary. times: the
+    sampling times taken alone (main_sweep.timed_alone), added to the sample rows as seconds_per_image_alone."""
     reference = references(results, sweep)
     paired = paired_figures(results, sweep, reference)
     table = {}
@@ -129,6 +139,8 @@ def aggregate(results, sweep):
                         row[metric], row[f'{metric}_std'] = mean_std(values)
                 rows.append(row)
             table[variant][part] = rows
+        if times and variant in times['variants']:
+            table[variant]['samples'] = with_times_alone(table[variant]['samples'], times['variants'][variant])
     return table
 
 
@@ -148,7 +160,8 @@ SAMPLE_COLUMNS = [('class_consistency', 'class consistency', 3, True),
                   ('precision', 'precision', 3, True), ('recall', 'recall', 3, True),
                   ('two_sample_accuracy', 'two-sample accuracy', 3, True),
                   ('two_sample_accuracy_minus_reference', 'minus the reference', 3, True),
-                  ('seconds_per_image', 'sampling s / image', 4, True), ('fid', 'FID', 2, True)]
+                  ('seconds_per_image', 'sampling s / image', 4, True),
+                  ('seconds_per_image_alone', 'sampling s / image, timed alone', 4, False), ('fid', 'FID', 2, True)]
 
 
 def training_lines(table):
@@ -168,8 +181,22 @@ def training_lines(table):
     return lines + ['']
 
 
-def markdown(table, sweep, real):
-    """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling()."""
+def times_line(table, times):
+    """How the sampling times alone were taken, and their spread over the rounds."""
+    rows = [row for parts in table.values() for row in parts['samples'] if 'seconds_per_image_alone' in row]
+    spread = max((row['seconds_per_image_alone_max'] - row['seconds_per_image_alone_min'])
+                 / row['seconds_per_image_alone'] for row in rows)
+    provenance = times['provenance']
+    return (f"Sampling times \"timed alone\" (main_sweep.py --retime, {provenance['date']}, "
+            f"{provenance['machine']}, code {short_version(provenance['code'])}): the median over {times['rounds']} "
+            f"interleaved rounds of one batch of {times['batch_size']} per variant and schedule, with "
+            f"random weights; the slowest round was at most {100 * spread:.0f}% above the fastest. The other "
+            "sampling times were taken during the sweep, with other runs training.")
+
+
+def markdown(table, sweep, real, times=None):
+    """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling(); times:
+    the sampling times taken alone (main_sweep.timed_alone) or None."""
     seeds = ', '.join(map(str, sweep['seeds']))
     pairs = ', '.join(f'{variant} against {parts["reference"]}' for variant, parts in table.items()
                       if parts['reference'] != variant)
@@ -200,6 +227,8 @@ def markdown(table, sweep, real):
         lines += ['', f'{n} samples per schedule; the figures in the probe\'s feature space compare them with '
                   'a set of real val images of the same size; the ceiling row gives each figure for a second, '
                   'disjoint set of real val images.', ''] + table_lines('samples', SAMPLE_COLUMNS)
+        if times:
+            lines += ['', times_line(table, times)]
     return '\n'.join(lines) + '\n'
 
 
@@ -214,25 +243,30 @@ def curves(table, part, metric, x='serial_steps'):
     return found
 
 
-PLOTS = [  # file, part, figure, its label, x
+STEPS, TIME = ('serial_steps',), ('seconds_per_image_alone', 'seconds_per_image')  # x axes, the first with data
+X_LABELS = {'serial_steps': 'total serial steps (log scale)',
+            'seconds_per_image': 'sampling seconds per image (log scale)',
+            'seconds_per_image_alone': 'sampling seconds per image, timed alone (log scale)'}
+PLOTS = [  # file, part, figure, its label, x axes
     ('nll_vs_steps.png', 'likelihood', 'bits_above_most_steps', 'NLL minus NLL at the most steps (bits per image)',
-     'serial_steps'),
-    ('quality_vs_steps.png', 'samples', 'class_consistency', 'class consistency of samples', 'serial_steps'),
-    ('frechet_vs_steps.png', 'samples', 'frechet', "probe Fréchet distance to real images", 'serial_steps'),
+     STEPS),
+    ('quality_vs_steps.png', 'samples', 'class_consistency', 'class consistency of samples', STEPS),
+    ('frechet_vs_steps.png', 'samples', 'frechet', 'probe Fréchet distance to real images', STEPS),
     ('two_sample_vs_steps.png', 'samples', 'two_sample_accuracy', 'two-sample accuracy (0.5: indistinguishable)',
-     'serial_steps'),
-    ('quality_vs_time.png', 'samples', 'class_consistency', 'class consistency of samples', 'seconds_per_image'),
+     STEPS),
+    ('quality_vs_time.png', 'samples', 'class_consistency', 'class consistency of samples', TIME),
+    ('frechet_vs_time.png', 'samples', 'frechet', 'probe Fréchet distance to real images', TIME),
 ]
 
 
 def plots(table, folder, real):
     """The PLOTS that have data, in folder; a sample figure with a ceiling gets it as a dashed line."""
     written = []
-    for name, part, metric, ylabel, x in PLOTS:
-        found = curves(table, part, metric, x)
+    for name, part, metric, ylabel, axes in PLOTS:
+        x, found = next(((x, found) for x in axes if (found := curves(table, part, metric, x))), (None, None))
         if not found:
             continue
-        xlabel = 'total serial steps (log scale)' if x == 'serial_steps' else 'sampling seconds per image (log scale)'
+        xlabel = X_LABELS[x]
         line = (real[CEILING[metric]], 'real images') if CEILING.get(metric) in real else None
         figure = curves_figure(found, xlabel, ylabel, f'{ylabel} vs {xlabel.split(" (")[0]}', line)
         save_figure(figure, os.path.join(folder, name))

@@ -14,7 +14,7 @@ import main as train_main
 import main_sweep
 from conftest import write_tiny_run
 from data.builtin import ensure_builtin_dataset
-from evaluation import sweep_tables
+from evaluation import sampling_time, sweep_tables
 from util.checkpoint import load_checkpoint
 from util.file_lock import file_lock
 
@@ -304,3 +304,61 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     assert table['ref']['training']['hours_std'] == pytest.approx(0.5 ** 0.5)  # std of 1 and 2 hours
     assert '| ref | 3 | 5 | 15 | 12 | 1.50 ± 0.71 |' in text  # 3 epochs x 5 tokens (sides 1, 2)
     assert '| var | 3 | 5 | 15 | 12 | 1.50 |' in text  # the one run that recorded its time
+
+
+def test_retime_interleaves_the_models_and_keeps_the_median_of_the_timed_rounds(monkeypatch):
+    """One untimed round, then every (model, schedule) in turn each round; seconds per image: the median."""
+    clock, order = [0.0], []
+    costs = {('a', 1): [100.0, 3.0, 1.0, 2.0], ('a', 4): [100.0, 6.0, 6.0, 9.0], ('b', 2): [100.0, 4.0, 5.0, 3.0]}
+
+    def fake_draw(model, settings, indices, num_samples, seed, batch_size):
+        assert len(indices) == num_samples == batch_size == 2
+        order.append((model.name, settings))
+        clock[0] += costs[model.name, settings][sum(1 for o in order if o == order[-1]) - 1]
+        yield indices, None, None
+
+    class Model:
+        def __init__(self, name):
+            self.name, self.sides = name, [1, 2, 4]
+
+    monkeypatch.setattr(sampling_time, 'draw_samples', fake_draw)
+    monkeypatch.setattr(sampling_time.time, 'perf_counter', lambda: clock[0])
+    times = sampling_time.time_sampling({'a': Model('a'), 'b': Model('b')}, {'a': [1, 4], 'b': [2]},
+                                        lambda name, schedule: schedule, batch_size=2, rounds=3)
+    assert order == [('a', 1), ('a', 4), ('b', 2)] * 4
+    assert times['a'][0] == {'schedule': 1, 'serial_steps': 3, 'seconds_per_image': 1.0, 'seconds_per_image_min': 0.5,
+                             'seconds_per_image_max': 1.5}
+    assert [row['seconds_per_image'] for row in times['a'] + times['b']] == [1.0, 3.0, 2.0]  # medians / 2 images
+
+
+def test_retimed_sampling_feeds_the_tables_while_it_fits_the_settings(base, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'sweep'
+    config = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster',
+                                                                             'evaluation.sample_schedules': [1, 2]}})
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    xlabels, figure = [], sweep_tables.curves_figure
+    monkeypatch.setattr(sweep_tables, 'curves_figure', lambda found, xlabel, *rest: xlabels.append(xlabel) or figure(
+        found, xlabel, *rest))
+    main_sweep.main(['--config', config, '--device', 'cpu', '--retime', '--rounds', '2'])
+    times = json.loads((out / 'sampling_times.json').read_text())
+    assert times['rounds'] == 2 and 'torch thread' in times['provenance']['machine']
+    results = json.loads((out / 'results.json').read_text())
+    for variant, schedules in (('checkerboard', [2]), ('raster', [1, 2])):
+        rows = times['variants'][variant]['rows']
+        assert [row['schedule'] for row in rows] == schedules
+        assert all(0 < r['seconds_per_image_min'] <= r['seconds_per_image'] <= r['seconds_per_image_max'] for r in rows)
+        table_rows = results['variants'][variant]['samples']
+        assert [row['seconds_per_image_alone'] for row in table_rows] == [row['seconds_per_image'] for row in rows]
+        assert [row['serial_steps'] for row in table_rows] == [row['serial_steps'] for row in rows]
+    assert 'sampling s / image, timed alone' in (out / 'results.md').read_text()
+    assert xlabels.count(sweep_tables.X_LABELS['seconds_per_image_alone']) == 2  # consistency and Fréchet
+    assert sweep_tables.X_LABELS['seconds_per_image'] not in xlabels
+    cfg3 = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster',
+                                                                           'evaluation.sample_schedules': [1, 2]}},
+                       evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, cfg=3.0,
+                                       sample_schedules=[2], num_samples=6, batch_size=3, probe_epochs=1,
+                                       two_sample_epochs=1))
+    capsys.readouterr()
+    main_sweep.main(['--config', cfg3, '--device', 'cpu', '--tables_only'])
+    assert 'checkerboard was timed with other sample settings or another model' in capsys.readouterr().out
+    assert 'seconds_per_image_alone' not in json.dumps(json.loads((out / 'results.json').read_text())['variants'])
