@@ -233,10 +233,11 @@ def markdown(table, sweep, real, times=None):
 
 
 def curves(table, part, metric, x='serial_steps'):
-    """{variant: (x, y, yerr or None)} of one figure, x ascending."""
+    """{variant: (x, y, yerr or None)} of one figure, in the order of serial steps (so that a curve against time
+    follows the schedules, wherever their times fall)."""
     found = {}
     for variant, parts in table.items():
-        rows = sorted((r for r in parts[part] if metric in r and x in r), key=lambda r: r[x])
+        rows = sorted((r for r in parts[part] if metric in r and x in r), key=lambda r: r['serial_steps'])
         if rows:
             std = [r[f'{metric}_std'] for r in rows]
             found[variant] = ([r[x] for r in rows], [r[metric] for r in rows], None if None in std else std)

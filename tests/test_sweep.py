@@ -362,3 +362,10 @@ def test_retimed_sampling_feeds_the_tables_while_it_fits_the_settings(base, tmp_
     main_sweep.main(['--config', cfg3, '--device', 'cpu', '--tables_only'])
     assert 'checkerboard was timed with other sample settings or another model' in capsys.readouterr().out
     assert 'seconds_per_image_alone' not in json.dumps(json.loads((out / 'results.json').read_text())['variants'])
+
+
+def test_a_curve_against_time_follows_the_schedules():
+    rows = [{'serial_steps': steps, 'seconds_per_image': t, 'frechet': f, 'frechet_std': None}
+            for steps, t, f in ((29, 0.06, 3.0), (5, 0.08, 5.0), (341, 0.16, 2.0), (9, 0.07, 4.0))]
+    found = sweep_tables.curves({'checkerboard': {'samples': rows}}, 'samples', 'frechet', 'seconds_per_image')
+    assert found == {'checkerboard': ([0.08, 0.07, 0.06, 0.16], [5.0, 4.0, 3.0, 2.0], None)}
