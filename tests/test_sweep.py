@@ -311,10 +311,11 @@ def test_retime_interleaves_the_models_and_keeps_the_median_of_the_timed_rounds(
     clock, order = [0.0], []
     costs = {('a', 1): [100.0, 3.0, 1.0, 2.0], ('a', 4): [100.0, 6.0, 6.0, 9.0], ('b', 2): [100.0, 4.0, 5.0, 3.0]}
 
-    def fake_draw(model, settings, indices, num_samples, seed, batch_size):
+    def fake_draw(model, settings, indices, num_samples, seed, batch_size):  # settings: the schedule here
         assert len(indices) == num_samples == batch_size == 2
-        order.append((model.name, settings))
-        clock[0] += costs[model.name, settings][sum(1 for o in order if o == order[-1]) - 1]
+        pair = model.name, settings
+        clock[0] += costs[pair][order.count(pair)]  # seconds of this pair's next batch
+        order.append(pair)
         yield indices, None, None
 
     class Model:
@@ -353,13 +354,13 @@ def test_retimed_sampling_feeds_the_tables_while_it_fits_the_settings(base, tmp_
     assert 'sampling s / image, timed alone' in (out / 'results.md').read_text()
     assert xlabels.count(sweep_tables.X_LABELS['seconds_per_image_alone']) == 2  # consistency and Fréchet
     assert sweep_tables.X_LABELS['seconds_per_image'] not in xlabels
-    cfg3 = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster',
+    other_cfg = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster',
                                                                            'evaluation.sample_schedules': [1, 2]}},
                        evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, cfg=3.0,
                                        sample_schedules=[2], num_samples=6, batch_size=3, probe_epochs=1,
                                        two_sample_epochs=1))
     capsys.readouterr()
-    main_sweep.main(['--config', cfg3, '--device', 'cpu', '--tables_only'])
+    main_sweep.main(['--config', other_cfg, '--device', 'cpu', '--tables_only'])
     assert 'checkerboard was timed with other sample settings or another model' in capsys.readouterr().out
     assert 'seconds_per_image_alone' not in json.dumps(json.loads((out / 'results.json').read_text())['variants'])
 
