@@ -402,8 +402,7 @@ def retime(sweep, device, rounds):
             print(f'{variant}: no stored run with samples, not timed')
             continue
         timed_models[variant] = run['training']['model']
-        models[variant] = build_generator(GeneratorConfig.from_dict(timed_models[variant]),
-                                          device=device).to(device).eval()
+        models[variant] = build_generator(GeneratorConfig.from_dict(timed_models[variant]), device=device).eval()
     print(f'timing {len(models)} variant(s), {rounds} round(s), {torch.get_num_threads()} torch thread(s)')
     times = time_sampling(models, {v: settings[v]['sample_schedules'] for v in models},
                           lambda v, schedule: sweep_sample_settings(settings[v], schedule),
