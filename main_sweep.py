@@ -407,7 +407,7 @@ def retime(sweep, device, rounds):
     times = time_sampling(models, {v: settings[v]['sample_schedules'] for v in models},
                           lambda v, schedule: sweep_sample_settings(settings[v], schedule),
                           sweep['evaluation']['batch_size'], rounds, sweep['evaluation']['seed'])
-    record = {'provenance': {'code': code_version(), 'software': software(), 'machine': machine(device),
+    record = {'provenance': {'code': code_version(ignore=[sweep['results_dir']]), 'software': software(), 'machine': machine(device),
                              'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},
               'rounds': rounds, 'batch_size': sweep['evaluation']['batch_size'],
               'variants': {v: {'settings': {k: settings[v][k] for k in TIMED_SETTINGS}, 'model': timed_models[v],
@@ -473,7 +473,9 @@ def run_sweep(sweep, device, remeasure=False, only=None):
     """Check everything, then train and evaluate the runs seed by seed (every variant at the first seed
     first), or only the runs named in `only`, passing by those another process holds, rewriting the results
     from every stored run after each (once at the end when none needed evaluating)."""
-    code = code_version()  # of the code this process runs: read at its start, a later commit does not change it
+    # of the code this process runs: read at its start (a later commit does not change it); the tables it writes
+    # itself do not make the tree differ
+    code = code_version(ignore=[sweep['results_dir']])
     runs = {f'{variant}-seed{seed}': (variant, seed) for seed in sweep['seeds'] for variant in sweep['variants']}
     unknown = sorted(set(only or ()) - set(runs))
     if unknown:

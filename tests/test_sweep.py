@@ -61,7 +61,7 @@ def test_killed_sweep_resumes_without_retraining_and_writes_results(base, tmp_pa
     killed = out / 'raster-seed0' / 'checkpoint-last.pth'
     torch.save({**load_checkpoint(killed), 'train_seconds': 1000.0}, killed)  # as if killed after 1,000 s
     versions = itertools.chain([{'commit': 'a' * 40, 'clean': True}], itertools.repeat({'commit': 'b' * 40}))
-    monkeypatch.setattr(main_sweep, 'code_version', lambda: next(versions))  # a commit while the sweep runs
+    monkeypatch.setattr(main_sweep, 'code_version', lambda **_: next(versions))  # a commit while the sweep runs
     capsys.readouterr()
     main_sweep.main(['--config', config, '--device', 'cpu'])
     printed = capsys.readouterr()

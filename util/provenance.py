@@ -16,16 +16,19 @@ def file_sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def code_version(root=None):
-    """{'commit': HEAD's hash or None outside a git checkout, 'clean': whether tracked files match it}."""
+def code_version(root=None, ignore=()):
+    """{'commit': HEAD's hash or None outside a git checkout, 'clean': whether tracked files match it}. Tracked
+    files under the folders in `ignore` (results the caller itself writes, such as a sweep's tables) do not count."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    inside = [os.path.relpath(os.path.abspath(folder), root) for folder in ignore]
+    excluded = [f':(exclude){folder}' for folder in inside if not folder.startswith('..')]
 
     def git(*args):
         return subprocess.run(['git', *args], cwd=root, capture_output=True, text=True, timeout=60)
 
     try:
         head = git('rev-parse', 'HEAD')
-        status = git('status', '--porcelain', '--untracked-files=no')
+        status = git('status', '--porcelain', '--untracked-files=no', '--', '.', *excluded)
     except (OSError, subprocess.SubprocessError):
         return {'commit': None, 'clean': None}
     if head.returncode or status.returncode:
