@@ -407,8 +407,8 @@ def retime(sweep, device, rounds):
     times = time_sampling(models, {v: settings[v]['sample_schedules'] for v in models},
                           lambda v, schedule: sweep_sample_settings(settings[v], schedule),
                           sweep['evaluation']['batch_size'], rounds, sweep['evaluation']['seed'])
-    record = {'provenance': {'code': code_version(ignore=[sweep['results_dir']]), 'software': software(), 'machine': machine(device),
-                             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},
+    record = {'provenance': {'code': code_version(ignore=[sweep['results_dir']]), 'software': software(),
+                             'machine': machine(device), 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},
               'rounds': rounds, 'batch_size': sweep['evaluation']['batch_size'],
               'variants': {v: {'settings': {k: settings[v][k] for k in TIMED_SETTINGS}, 'model': timed_models[v],
                                'rows': times[v]} for v in models}}
