@@ -355,10 +355,10 @@ def test_retimed_sampling_feeds_the_tables_while_it_fits_the_settings(base, tmp_
     assert xlabels.count(sweep_tables.X_LABELS['seconds_per_image_alone']) == 2  # consistency and Fréchet
     assert sweep_tables.X_LABELS['seconds_per_image'] not in xlabels
     other_cfg = write_sweep(base, out, variants={'checkerboard': {}, 'raster': {'model.scan_order': 'raster',
-                                                                           'evaluation.sample_schedules': [1, 2]}},
-                       evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, cfg=3.0,
-                                       sample_schedules=[2], num_samples=6, batch_size=3, probe_epochs=1,
-                                       two_sample_epochs=1))
+                                                                                'evaluation.sample_schedules': [1, 2]}},
+                            evaluation=dict(likelihood_schedules=[1, 4, [1, 2, 3]], likelihood_images=6, cfg=3.0,
+                                            sample_schedules=[2], num_samples=6, batch_size=3, probe_epochs=1,
+                                            two_sample_epochs=1))
     capsys.readouterr()
     main_sweep.main(['--config', other_cfg, '--device', 'cpu', '--tables_only'])
     assert 'checkerboard was timed with other sample settings or another model' in capsys.readouterr().out

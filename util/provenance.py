@@ -20,8 +20,8 @@ def code_version(root=None, ignore=()):
     """{'commit': HEAD's hash or None outside a git checkout, 'clean': whether tracked files match it}. Tracked
     files under the folders in `ignore` (results the caller itself writes, such as a sweep's tables) do not count."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    inside = [os.path.relpath(os.path.abspath(folder), root) for folder in ignore]
-    excluded = [f':(exclude){folder}' for folder in inside if not folder.startswith('..')]
+    relative = [os.path.relpath(os.path.abspath(folder), root) for folder in ignore]
+    excluded = [f':(exclude){folder}' for folder in relative if not folder.startswith('..')]  # git refuses outside
 
     def git(*args):
         return subprocess.run(['git', *args], cwd=root, capture_output=True, text=True, timeout=60)
