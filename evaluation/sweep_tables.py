@@ -117,17 +117,21 @@ def with_times_alone(rows, timed_rows):
 
 
 def aggregate(results, sweep, times=None):
-    """{variant: {'reference', 'versions', 'training', 'likelihood': [...], 'samples': [...]}}: per schedule the
-    serial steps and, per figure (paired_figures' included), the mean and standard deviation over the seeds that
-    have it; versions: the code versions its runs were measured with; training: training_summary. times: the
+    """{variant: {'reference', 'versions', 'machines', 'training', 'likelihood': [...], 'samples': [...]}}: per
+    schedule the serial steps and, per figure (paired_figures' included), the mean and standard deviation over the
+    seeds that have it; versions: the code versions its runs were measured with; machines: {run: the machine it
+    was measured on, or None}; training: training_summary. times: the
     sampling times taken alone (main_sweep.timed_alone), added to the sample rows as seconds_per_image_alone."""
     reference = references(results, sweep)
     paired = paired_figures(results, sweep, reference)
     table = {}
     for variant in reference:
-        runs = [paired[name] for name in run_names(sweep, variant) if name in paired]
+        names = [name for name in run_names(sweep, variant) if name in paired]
+        runs = [paired[name] for name in names]
         versions = sorted({short_version((run.get('provenance') or {}).get('code')) for run in runs})
-        table[variant] = {'reference': reference[variant], 'versions': versions, 'training': training_summary(runs)}
+        machines = {name: (paired[name].get('provenance') or {}).get('machine') for name in names}
+        table[variant] = {'reference': reference[variant], 'versions': versions, 'machines': machines,
+                          'training': training_summary(runs)}
         for part, metrics in AGGREGATED.items():
             metrics = metrics + tuple(f'{m}_minus_reference' for m in PAIRED[part])
             rows = []
@@ -194,6 +198,20 @@ def times_line(table, times):
             "sampling times were taken during the sweep, with other runs training.")
 
 
+def machines_line(table):
+    """Where the runs were measured (and trained, unless resumed elsewhere): the most common machine by its
+    count, every other one with its runs."""
+    by_machine = {}
+    for parts in table.values():
+        for name, machine in parts['machines'].items():
+            by_machine.setdefault(machine or 'not recorded', []).append(name)
+    if not by_machine:
+        return 'Measured on: no runs.'
+    (usual, runs), *others = sorted(by_machine.items(), key=lambda item: -len(item[1]))
+    return (f'Measured on (and trained on, unless a run was resumed elsewhere): {usual} ({len(runs)} '
+            'runs)' + ''.join(f'; {machine}: {", ".join(names)}' for machine, names in others) + '.')
+
+
 def markdown(table, sweep, real, times=None):
     """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling(); times:
     the sampling times taken alone (main_sweep.timed_alone) or None."""
@@ -204,7 +222,7 @@ def markdown(table, sweep, real, times=None):
     lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
              'deviation over the seeds. "Minus the reference": each run minus the run of the same seed of the '
              f'sweep\'s first variant with the same pyramid ({pairs or "none"}). Code versions measured with: '
-             f'{versions or "none"}.', '']
+             f'{versions or "none"}. {machines_line(table)}', '']
 
     def table_lines(part, columns):
         columns = [c for c in columns if any(c[0] in row for parts in table.values() for row in parts[part])]

@@ -276,11 +276,12 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     """Two seeds of a reference and a variant, sample figures at two schedules (the variant's listed in another
     order): the paired Frechet is the per-seed difference at the same schedule, its mean and standard deviation
     over seeds are those of (2, 4) and (-1, -3); the ceiling row holds the real-against-real figures; the training
-    table states the compute and the mean training hours of the runs that recorded them."""
-    def run(frechet_by_schedule, consistency, seed, train_seconds):
+    table states the compute and the mean training hours of the runs that recorded them; the machines line names
+    the run measured on another machine."""
+    def run(frechet_by_schedule, consistency, seed, train_seconds, machine='Xeon'):
         return {'sides': [1, 2], 'likelihood': [], 'training': {'args': {'epochs': 3}},
                 'provenance': {'code': {'commit': f'{seed}234567abc', 'clean': seed == 0}, 'train_steps': 12,
-                               'train_seconds': train_seconds},
+                               'train_seconds': train_seconds, 'machine': machine},
                 'ceiling': {'real_class_consistency': 0.98, 'frechet_real': 1.5, 'two_sample_accuracy_real': 0.52},
                 'samples': [{'schedule': s, 'serial_steps': s * 2, 'frechet': f, 'class_consistency': consistency}
                             for s, f in frechet_by_schedule]}
@@ -288,7 +289,7 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     results = {'ref-seed0': run([(1, 10.0), (4, 6.0)], 0.9, 0, 3600.0),
                'ref-seed1': run([(1, 12.0), (4, 7.0)], 0.8, 1, 7200.0),
                'var-seed0': run([(4, 5.0), (1, 12.0)], 0.7, 0, None),  # a checkpoint that did not record it
-               'var-seed1': run([(4, 4.0), (1, 16.0)], 0.8, 1, 5400.0)}
+               'var-seed1': run([(4, 4.0), (1, 16.0)], 0.8, 1, 5400.0, machine='EPYC')}
     table = sweep_tables.aggregate(results, sweep)
     by_schedule = {row['schedule']: row for row in table['var']['samples']}
     assert by_schedule[1]['frechet_minus_reference'] == 3.0  # mean of 12 - 10 and 16 - 12
@@ -301,6 +302,7 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     ceiling_row = next(line for line in text.splitlines() if line.startswith('| real images (ceiling)'))
     assert ceiling_row.split(' | ')[3:5] == ['0.980', '–'] and '1.50' in ceiling_row
     assert 'ref: 0234567, 1234567+changes' in text
+    assert 'resumed elsewhere): Xeon (3 runs); EPYC: var-seed1.' in text
     assert table['ref']['training']['hours_std'] == pytest.approx(0.5 ** 0.5)  # std of 1 and 2 hours
     assert '| ref | 3 | 5 | 15 | 12 | 1.50 ± 0.71 |' in text  # 3 epochs x 5 tokens (sides 1, 2)
     assert '| var | 3 | 5 | 15 | 12 | 1.50 |' in text  # the one run that recorded its time
