@@ -147,7 +147,7 @@ def scan_order_figure(step_maps, rank_map, steps_per_scale):
 
 def curves_figure(curves, xlabel, ylabel, title, line=None):
     """Lines with error bars, one per name: curves = {name: (x, y, yerr or None)}, x ascending; line = (y, label)
-    adds a dashed horizontal line (a ceiling)."""
+    adds a dashed horizontal line (a ceiling). A title too long for the width is wrapped."""
     figure = new_figure(6.0, 4.0)
     ax = figure.subplots()
     for name, (x, y, yerr) in curves.items():
@@ -157,7 +157,7 @@ def curves_figure(curves, xlabel, ylabel, title, line=None):
     ax.set_xscale('log', base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title('\n'.join(textwrap.wrap(title, 72)), fontsize=10)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
     return figure
