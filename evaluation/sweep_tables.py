@@ -207,14 +207,14 @@ def machines_line(table):
             by_machine.setdefault(machine or 'not recorded', []).append(name)
     if not by_machine:
         return 'Measured on: no runs.'
-    (usual, runs), *others = sorted(by_machine.items(), key=lambda item: -len(item[1]))
-    return (f'Measured on (and trained on, unless a run was resumed elsewhere): {usual} ({len(runs)} '
+    (usual, usual_runs), *others = sorted(by_machine.items(), key=lambda item: -len(item[1]))
+    return (f'Measured on (and trained on, unless a run was resumed elsewhere): {usual} ({len(usual_runs)} '
             'runs)' + ''.join(f'; {machine}: {", ".join(names)}' for machine, names in others) + '.')
 
 
 def markdown(table, sweep, real, times=None):
-    """results.md: the likelihood and sample tables, the ceiling row, the code versions. real: ceiling(); times:
-    the sampling times taken alone (main_sweep.timed_alone) or None."""
+    """results.md: the likelihood and sample tables, the ceiling row, the code versions and the machines. real:
+    ceiling(); times: the sampling times taken alone (main_sweep.timed_alone) or None."""
     seeds = ', '.join(map(str, sweep['seeds']))
     pairs = ', '.join(f'{variant} against {parts["reference"]}' for variant, parts in table.items()
                       if parts['reference'] != variant)
