@@ -120,8 +120,8 @@ def aggregate(results, sweep, times=None):
     """{variant: {'reference', 'versions', 'machines', 'training', 'likelihood': [...], 'samples': [...]}}: per
     schedule the serial steps and, per figure (paired_figures' included), the mean and standard deviation over the
     seeds that have it; versions: the code versions its runs were measured with; machines: {run: the machine it
-    was measured on, or None}; training: training_summary. times: the
-    sampling times taken alone (main_sweep.timed_alone), added to the sample rows as seconds_per_image_alone."""
+    was measured on, or None}; training: training_summary. times: the sampling times taken alone
+    (main_sweep.timed_alone), added to the sample rows as seconds_per_image_alone."""
     reference = references(results, sweep)
     paired = paired_figures(results, sweep, reference)
     table = {}
@@ -129,7 +129,7 @@ def aggregate(results, sweep, times=None):
         names = [name for name in run_names(sweep, variant) if name in paired]
         runs = [paired[name] for name in names]
         versions = sorted({short_version((run.get('provenance') or {}).get('code')) for run in runs})
-        machines = {name: (paired[name].get('provenance') or {}).get('machine') for name in names}
+        machines = {name: (run.get('provenance') or {}).get('machine') for name, run in zip(names, runs)}
         table[variant] = {'reference': reference[variant], 'versions': versions, 'machines': machines,
                           'training': training_summary(runs)}
         for part, metrics in AGGREGATED.items():
