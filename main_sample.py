@@ -37,9 +37,9 @@ from util.atomic import atomic_write
 from util.checkpoint import UNSAFE_FLAG
 from util.config import ConfigError
 from util.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
-from util.figures import formation_frames, maps_figure, save_figure, save_gif
-from util.images import from_uint8, save_grid, save_png, to_uint8
-from util.precision import PRECISIONS
+from util.figures import formation_frames, formation_stages, maps_figure, save_figure, save_gif
+from util.images import from_uint8, grid_array, save_png, to_uint8
+from util.precision import PRECISIONS, resolve_precision
 from util.run_dir import exit_on_error
 
 
@@ -99,7 +99,9 @@ def parse_args(argv):
     p.add_argument('--temperature', type=bounded(float, 0), default=1.0, help='0: argmax')
     p.add_argument('--top_k', type=bounded(int, 0), default=0, help='keep the k most likely codes (0: all)')
     p.add_argument('--top_p', type=bounded(float, 0, 1, lo_open=True), default=1.0, help='nucleus sampling mass')
-    p.add_argument('--precision', choices=list(PRECISIONS), default='fp32', help='transformer precision')
+    p.add_argument('--precision', choices=['auto', *PRECISIONS], default='fp32',
+                   help='transformer precision (auto: bf16 where the CPU or GPU multiplies bf16 natively, else '
+                        'fp32; fp32 reproduces the published samples exactly)')
     p.add_argument('--seed', type=bounded(int, 0, MAX_BASE_SEED - 1), default=0,
                    help='base seed; sample i uses SEED * 1_000_003 + i')
     p.add_argument('--flops', action='store_true', help='print the counted FLOPs of one sample and exit')
@@ -134,10 +136,14 @@ def parse_args(argv):
     return args
 
 
-def sample_settings(args):
-    """The SampleSettings of the command line."""
+def sample_settings(args, device):
+    """The SampleSettings of the command line on device (--precision auto resolved there)."""
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as e:
+        raise ConfigError(f'--precision {args.precision}: {e}') from None
     return SampleSettings(cfg=args.cfg, cfg_start_step=args.cfg_start_step, steps_per_scale=args.steps_per_scale,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=args.precision)
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=precision)
 
 
 def showcase_labels(model, args):
@@ -169,6 +175,23 @@ def print_flops(model, settings, labels, base_seed):
           f'{serial_steps(model.sides, settings.steps_per_scale)} serial steps)')
 
 
+def samples_grid(images):
+    """The showcase grid of decoded images (B, 3, H, W), about square, as an (H', W', 3) uint8 array."""
+    return grid_array(images, nrow=math.ceil(math.sqrt(len(images))))
+
+
+def sample_stages(model, out, i=0):
+    """The step-by-step formation stages of sample i of a SampleOutput (util.figures.formation_stages: the
+    decoding; formation_frames turns them into frames)."""
+    return formation_stages(model.autoenc, [c[i] for c in out.codes], [s[i] for s in out.maps['step']],
+                            model.img_size)
+
+
+def sample_maps(out, i):
+    """The maps of sample i of a SampleOutput, as numpy: {'step', 'prob', 'entropy'} -> [(s, s)] per scale."""
+    return {k: [m[i].cpu().numpy() for m in out.maps[k]] for k in ('step', 'prob', 'entropy')}
+
+
 def showcase(model, settings, labels, num_images, base_seed, folder, on_scale=None):
     """Sample with SampleSettings, time it, and write the grid, per-sample PNGs and maps figures, the GIF and
     codes.npz to folder; returns the seconds sampling took and the SampleOutput.
@@ -187,20 +210,17 @@ def showcase(model, settings, labels, num_images, base_seed, folder, on_scale=No
 
     os.makedirs(folder, exist_ok=True)
     images = out.images[-1]  # (B, 3, H, W)
-    save_grid(images, os.path.join(folder, 'samples_grid.png'), nrow=math.ceil(math.sqrt(n)))
+    save_png(samples_grid(images), os.path.join(folder, 'samples_grid.png'))
     extra = {} if labels is None else {'labels': labels.cpu().numpy()}
     with atomic_write(os.path.join(folder, 'codes.npz')) as f:
         np.savez(f, seeds=np.array(seeds), **extra,
                  **{f'codes_{s}': c.cpu().numpy() for s, c in zip(model.sides, out.codes)})
-    maps = {k: [m.cpu().numpy() for m in v] for k, v in out.maps.items()}  # [(B, s, s)] per scale
     for i, image in enumerate(to_uint8(images)):
         save_png(image, os.path.join(folder, f'sample_{i:04d}.png'))
-        figure = maps_figure(image, *([m[i] for m in maps[k]] for k in ('step', 'prob', 'entropy')),
-                             model.vocab_size)
+        maps = sample_maps(out, i)
+        figure = maps_figure(image, maps['step'], maps['prob'], maps['entropy'], model.vocab_size)
         save_figure(figure, os.path.join(folder, f'sample_{i:04d}_maps.png'))
-    frames = formation_frames(model.autoenc, [c[0] for c in out.codes], [s[0] for s in out.maps['step']],
-                              model.img_size)
-    save_gif(frames, os.path.join(folder, 'sample_0000_forming.gif'))
+    save_gif(formation_frames(*sample_stages(model, out)), os.path.join(folder, 'sample_0000_forming.gif'))
     print(f'wrote {n} samples, their maps and sample_0000_forming.gif to {folder}')
     return seconds, out
 
@@ -262,25 +282,35 @@ def edit_arrays(original, size, mask=None, box=None, outpaint=None):
     return from_uint8(image), torch.from_numpy(keep)
 
 
-def write_edits(model, settings, image, keep, labels, num_images, base_seed, folder):
+def draw_edits(model, settings, image, keep, labels, num_images, base_seed):
     """Edit image (3, S, S) keeping keep (S, S) with SampleSettings: one sample per label (or num_images for an
-    unconditional model), sample i with seed SEED * 1_000_003 + i. Writes edit_input.png, edit_mask.png (white =
-    kept), edit_NNNN.png and edit_grid.png (input, the input with the redrawn region dimmed, the edits) to
-    folder."""
+    unconditional model), sample i with seed SEED * 1_000_003 + i. Returns the SampleOutput (top scale decoded)."""
     n = num_images if labels is None else len(labels)
     device = model.seq_positions.device
     images, keeps = image[None].expand(n, -1, -1, -1).to(device), keep[None].expand(n, -1, -1).to(device)
-    out = edit(model, images, keeps, settings, labels, seeds=sample_seeds(base_seed, range(n)), decode='top')
-    os.makedirs(folder, exist_ok=True)
+    return edit(model, images, keeps, settings, labels, seeds=sample_seeds(base_seed, range(n)), decode='top')
+
+
+def edit_grid(image, keep, edited):
+    """(H', W', 3) uint8: the input (3, S, S), the input with the region not kept (keep (S, S)) dimmed, and the
+    edits (n, 3, S, S), in one row."""
     shown = torch.where(keep[None], image, image * 0.3 - 0.7)  # the redrawn region dimmed
+    return grid_array(torch.cat([image[None], shown[None], edited.cpu()]), nrow=len(edited) + 2)
+
+
+def write_edits(model, settings, image, keep, labels, num_images, base_seed, folder):
+    """draw_edits, then write edit_input.png, edit_mask.png (white = kept), edit_NNNN.png and edit_grid.png
+    (input, kept region, edits) to folder."""
+    out = draw_edits(model, settings, image, keep, labels, num_images, base_seed)
+    edited = out.images[-1].cpu()  # (n, 3, S, S)
+    os.makedirs(folder, exist_ok=True)
     save_png(to_uint8(image[None])[0], os.path.join(folder, 'edit_input.png'))
     save_png(np.repeat(keep.numpy()[..., None] * np.uint8(255), 3, axis=-1), os.path.join(folder, 'edit_mask.png'))
-    edited = out.images[-1].cpu()  # (n, 3, S, S)
     for i, picture in enumerate(to_uint8(edited)):
         save_png(picture, os.path.join(folder, f'edit_{i:04d}.png'))
-    save_grid(torch.cat([image[None], shown[None], edited]), os.path.join(folder, 'edit_grid.png'), nrow=n + 2)
-    print(f'wrote {n} edits to {folder}: edit_grid.png (input, kept region, edits), edit_input.png, edit_mask.png '
-          'and edit_NNNN.png')
+    save_png(edit_grid(image, keep, edited), os.path.join(folder, 'edit_grid.png'))
+    print(f'wrote {len(edited)} edits to {folder}: edit_grid.png (input, kept region, edits), edit_input.png, '
+          'edit_mask.png and edit_NNNN.png')
     return out
 
 
@@ -375,14 +405,15 @@ def write_sample_npz(model, settings, dist: DistInfo, num_samples, output_npz, b
 def run(args):
     if args.device and args.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f'--device {args.device}: no GPU available')
-    settings = sample_settings(args)
     dist = init_distributed(args.device)
     if dist.enabled and not args.num_samples:
         raise ConfigError('only --num_samples runs on several processes')
     model = load_generator(args.checkpoint, args.use_ema, dist.device, allow_unsafe=args.unsafe_load)
+    settings = sample_settings(args, dist.device)
     steps = settings.check(model.sides, dist.device)
     if dist.is_main:
-        print(f'schedule {format_schedule(settings.steps_per_scale)} over scales {model.sides}: {steps} serial steps')
+        print(f'schedule {format_schedule(settings.steps_per_scale)} over scales {model.sides}: {steps} serial steps, '
+              f'{settings.precision}' + (' (--precision auto)' if args.precision == 'auto' else ''))
     if args.num_samples:
         identity = {'checkpoint': os.path.realpath(args.checkpoint), 'use_ema': args.use_ema,
                     'num_samples': args.num_samples, 'seed': args.seed}

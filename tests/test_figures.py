@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from util.figures import formation_frames, maps_figure, save_figure, save_gif, scan_order_figure
+from util.figures import (formation_frames, formation_stages, maps_figure, maps_image, save_figure, save_gif,
+                          scan_order_figure)
 
 SIDES = [1, 2, 4]
 VOCAB = 64
@@ -39,6 +40,24 @@ def test_maps_figure_saves_png(tmp_path):
         assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300
 
 
+def test_maps_image_shows_every_map_in_its_panel():
+    rng = np.random.default_rng(0)
+    probs = [rng.uniform(1e-5, 1, (s, s)) for s in SIDES]
+    entropies = [rng.uniform(0, math.log(VOCAB), (s, s)) for s in SIDES]
+    entropies[2][0, 0] = np.nan  # not drawn
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    picture = maps_image(image, fake_steps(), probs, entropies, VOCAB, panel=96)
+    line, column = 20, 104  # a text line; a panel and its gap
+    rows = [96 + 2 * line + i * (96 + line) for i in range(3)]  # top of each row of panels
+    assert picture.shape == (96 + line + 3 * (line + 96), 3 * column + 12 + 60, 3)
+    assert np.array_equal(picture[:96:3, :96:3], image)  # the image, enlarged x3
+    assert tuple(picture[rows[0] + 5, 5]) == (68, 1, 84)  # 1x1 drawn at step 0: the low end of viridis
+    assert tuple(picture[rows[0] + 90, 2 * column + 90]) == (253, 231, 36)  # 4x4 [3, 3] at the last step, 6
+    assert tuple(picture[rows[2] + 5, 2 * column + 5]) == (40, 40, 40)  # the entropy not drawn: grey
+    bar = picture[rows[1]:rows[1] + 96, 3 * column + 6]  # colour bar: high at the top, low at the bottom
+    assert tuple(bar[0]) == (253, 231, 36) and tuple(bar[-1]) == (68, 1, 84)
+
+
 def test_scan_order_figure_saves_png(tmp_path):
     step_maps = [(s, (np.arange(s * s).reshape(s, s) % 4).astype(float)) for s in SIDES]
     figure = scan_order_figure(step_maps, np.arange(16).reshape(4, 4), 4)
@@ -65,7 +84,7 @@ class FakeAutoencoder:
 def test_save_gif_one_frame_per_step(tmp_path):
     steps = [torch.from_numpy(s) for s in fake_steps()]
     codes = [torch.randint(0, VOCAB, (s, s), generator=torch.Generator().manual_seed(s)) for s in SIDES]
-    frames = formation_frames(FakeAutoencoder(), codes, steps, 32)
+    frames = formation_frames(*formation_stages(FakeAutoencoder(), codes, steps, 32))
     assert len(frames) == 7  # steps 0..6
     path = tmp_path / 'forming.gif'
     save_gif(frames, path)

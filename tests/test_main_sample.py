@@ -16,6 +16,7 @@ import main_sample
 from models import build_generator
 from models.autoencoder import read_autoencoder_config
 from models.generator_config import GeneratorConfig
+from util import precision
 from util.images import save_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +141,7 @@ BAD_INPUTS = [  # argv, what the line must name
     (['--num_samples', '4', '--output_npz', 'x.npz', '--labels', '1'], ['--labels', 'do not apply to --num_samples']),
     (['--labels', '1', '--random_classes'], ['--random_classes', '--labels']),
     (['--precision', 'fp8'], ['--precision', "'fp8'"]),
+    (['--precision', 'tf32', '--device', 'cpu'], ['--precision tf32', 'GPU setting']),
     (['--checkpoint', 'UNCONDITIONAL', '--labels', '1'], ['unconditional', '--labels']),
 ]
 
@@ -156,6 +158,15 @@ def test_bad_input_is_one_line_naming_it_and_exit_2(argv, names, checkpoint, req
     assert exit_info.value.code == 2
     assert err.startswith('error: ') and err.count('\n') == 1, err
     assert all(name in err for name in names), err
+
+
+@pytest.mark.parametrize('units, expected', [(False, 'fp32'), (True, 'bf16')])
+def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_bf16(checkpoint, monkeypatch, capsys, units, expected):
+    monkeypatch.setattr(precision, 'cpu_has_bf16_units', lambda: units)
+    main_sample.main(['--checkpoint', checkpoint, '--labels', '3', '--steps_per_scale', '1', '--precision', 'auto',
+                      '--device', 'cpu', '--output_dir', 'out'])
+    assert f'4 serial steps, {expected} (--precision auto)' in capsys.readouterr().out
+    assert image_size('out/samples_grid.png')[1] == 1
 
 
 def test_per_scale_schedule_and_bad_schedules(checkpoint, tmp_path, capsys):

@@ -26,6 +26,7 @@ CAPTION_PT = 9
 FRAME_GAP, FRAME_TEXT = 8, 16  # GIF frame layout, px
 FRAME_MS, LAST_FRAME_MS = 400, 2000
 MIN_FRAME_SIDE = 128
+MAPS_PANEL, MAPS_BAR = 96, 12  # the app's maps image: side of a panel, width of a colour bar, px
 
 
 def scale_name(values):
@@ -76,6 +77,15 @@ def entropy_plot(ax, steps, entropies, vocab_size):
     ax.legend(title='scale', fontsize=8, title_fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
 
 
+def map_rows(steps, probs, entropies, vocab_size):
+    """The three rows of a maps figure: (label, [(s, s)] values per scale, lo, hi) for the drawing step, log10
+    p(drawn code) and the entropy in log10 units (see maps_figure for the arguments)."""
+    last = max(float(np.nanmax(s)) for s in steps)
+    return [('drawing step', [s.astype(float) for s in steps], 0, last),
+            ('log10 p(drawn code)', [np.log10(np.maximum(p, 1e-30)) for p in probs], MIN_LOG10_PROB, 0),
+            ('entropy (log10 units)', [e / math.log(10) for e in entropies], 0, math.log10(vocab_size))]
+
+
 def maps_figure(image, steps, probs, entropies, vocab_size):
     """The maps figure of one sample: the image, entropy against drawing step, then one row of heat maps per
     quantity (drawing step, log10 p(drawn code), entropy) with one panel per scale and one colour bar per row.
@@ -83,10 +93,8 @@ def maps_figure(image, steps, probs, entropies, vocab_size):
     image: (H, W, 3) uint8; steps, probs, entropies: [(s, s)] numpy per scale, ascending (global drawing step,
     probability of the drawn code, entropy in nats of the distribution it was drawn from); NaN = not drawn.
     Axes: image, plot, 3 x len(steps) heat maps, 3 colour bars."""
-    last = max(float(np.nanmax(s)) for s in steps)
-    rows = [('drawing step', [s.astype(float) for s in steps], 0, last, MaxNLocator(integer=True)),
-            ('log10 p(drawn code)', [np.log10(np.maximum(p, 1e-30)) for p in probs], MIN_LOG10_PROB, 0, None),
-            ('entropy (log10 units)', [e / math.log(10) for e in entropies], 0, math.log10(vocab_size), None)]
+    rows = [(*row, ticks) for row, ticks in zip(map_rows(steps, probs, entropies, vocab_size),
+                                                 (MaxNLocator(integer=True), None, None))]
     top_h, row_h = 2.8, PANEL_IN + 0.3
     figure = new_figure(max(7.5, len(steps) * PANEL_IN + 1.5), top_h + len(rows) * row_h)
     top, bottom = figure.subfigures(2, 1, height_ratios=[top_h, len(rows) * row_h])
@@ -169,28 +177,65 @@ def save_figure(figure, path, dpi=100):
         figure.savefig(f, format='png', dpi=dpi)
 
 
+def figure_array(figure, dpi=100):
+    """The figure as save_figure would draw it, as an (H, W, 3) uint8 array (in memory)."""
+    figure.set_dpi(dpi)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
 @functools.lru_cache(maxsize=None)
 def font():
     return ImageFont.load_default(size=12)
 
 
-def heat_panel(values, lo, hi, size):
-    """(h, w) floats -> (size, size) PIL image, viridis over [lo, hi], NaN in UNDRAWN grey."""
+def heat_panel(values, lo, hi, size, width=None):
+    """(h, w) floats -> (size, size) PIL image (width x size with width), viridis over [lo, hi], NaN in UNDRAWN
+    grey."""
     t = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)  # NaN stays NaN -> the bad colour
     rgb = heat_cmap()(t, bytes=True)[..., :3]  # (h, w, 3) uint8
-    return Image.fromarray(rgb).resize((size, size), Image.NEAREST)
+    return Image.fromarray(rgb).resize((width or size, size), Image.NEAREST)
+
+
+def maps_image(image, steps, probs, entropies, vocab_size, panel=MAPS_PANEL):
+    """The maps of one sample as an (H, W, 3) uint8 array drawn with PIL in milliseconds (the app's; maps_figure
+    is the matplotlib figure of main_sample.py): the image, the scale of each column, then one row per quantity
+    of map_rows with one panel per scale, nearest-neighbour enlarged to panel px, and a colour bar with its
+    range. Arguments as for maps_figure."""
+    rows = map_rows(steps, probs, entropies, vocab_size)
+    line, column = FRAME_TEXT + 4, panel + FRAME_GAP  # px
+    canvas = Image.new('RGB', (len(steps) * column + MAPS_BAR + 60, panel + line + len(rows) * (line + panel)),
+                       'white')
+    draw = ImageDraw.Draw(canvas)
+    canvas.paste(Image.fromarray(image).resize((panel, panel), Image.NEAREST), (0, 0))
+    for j, values in enumerate(steps):
+        draw.text((j * column, panel + 2), scale_name(values), fill='black', font=font())
+    y = panel + line
+    for label, maps, lo, hi in rows:
+        draw.text((0, y + 2), f'{label}, {lo:g} to {hi:.3g}', fill='black', font=font())
+        y += line
+        for j, values in enumerate(maps):
+            canvas.paste(heat_panel(values, lo, hi, panel), (j * column, y))
+        x = len(maps) * column
+        canvas.paste(heat_panel(np.linspace(hi, lo, panel)[:, None], lo, hi, panel, width=MAPS_BAR), (x, y))
+        draw.text((x + MAPS_BAR + 4, y), f'{hi:.3g}', fill='black', font=font())
+        draw.text((x + MAPS_BAR + 4, y + panel - FRAME_TEXT), f'{lo:g}', fill='black', font=font())
+        y += panel
+    return np.asarray(canvas)
 
 
 @torch.no_grad()
-def formation_frames(autoenc, codes, steps, size):
-    """One frame per drawing step: the current scale decoded from the codes drawn so far (cells not drawn yet
-    hold the previous scale's code vectors, upscaled) beside the map of the drawn cells, newest brightest.
+def formation_stages(autoenc, codes, steps, size):
+    """The decoded stages of a sample forming, step by step (the model's work of formation_frames): per drawing
+    step, the current scale decoded from the codes drawn so far (cells not drawn yet hold the previous scale's
+    code vectors, upscaled) and the drawing step of the drawn cells.
 
     codes, steps: [(s, s)] long tensors of one sample per scale; size: displayed side in px (at least
-    MIN_FRAME_SIDE, so that small images stay visible and the caption fits)."""
+    MIN_FRAME_SIDE, so that small images stay visible and the caption fits). Returns [(side, step of the frame,
+    (size, size, 3) uint8 image, (s, s) float drawing steps, NaN where not drawn yet, first and last step of the
+    scale)] per frame, and the total number of steps."""
     size = max(size, MIN_FRAME_SIDE)
-    frames, prev = [], None
-    total = int(steps[-1].max()) + 1
+    stages, prev = [], None
     for code, step in zip(codes, steps):
         side = code.shape[-1]
         vecs = autoenc.codes_to_latents(code[None])  # (1, E, s, s)
@@ -199,20 +244,38 @@ def formation_frames(autoenc, codes, steps, size):
         drawn = step[None] <= ts[:, None, None]  # (T, s, s)
         latents = torch.where(drawn[:, None], vecs, base)  # (T, E, s, s)
         images = to_uint8(upscale_nearest(autoenc.decode(latents), size))  # (T, size, size, 3)
-        for t, image, mask in zip(ts.tolist(), images, drawn):
-            order = step.float().masked_fill(~mask, torch.nan).cpu().numpy()  # not drawn yet: NaN
-            frame = Image.new('RGB', (2 * size + FRAME_GAP, size + FRAME_TEXT + 4), 'white')
-            frame.paste(Image.fromarray(image), (0, 0))
-            frame.paste(heat_panel(order, int(ts[0]), int(ts[-1]), size), (size + FRAME_GAP, 0))
-            ImageDraw.Draw(frame).text((2, size + 2), f'scale {side}x{side}, step {t + 1}/{total}', fill='black',
-                                       font=font())
-            frames.append(frame)
+        orders = step.float()[None].masked_fill(~drawn, torch.nan).cpu().numpy()  # (T, s, s), not drawn: NaN
+        stages += [(side, t, image, order, int(ts[0]), int(ts[-1])) for t, image, order in zip(ts.tolist(), images,
+                                                                                               orders)]
         prev = vecs
+    return stages, int(steps[-1].max()) + 1
+
+
+def formation_frames(stages, total):
+    """One PIL frame per stage of formation_stages: the decoded image beside the map of the drawn cells, newest
+    brightest, with the scale and step written below."""
+    frames = []
+    for side, t, image, order, first, last in stages:
+        size = image.shape[0]
+        frame = Image.new('RGB', (2 * size + FRAME_GAP, size + FRAME_TEXT + 4), 'white')
+        frame.paste(Image.fromarray(image), (0, 0))
+        frame.paste(heat_panel(order, first, last, size), (size + FRAME_GAP, 0))
+        ImageDraw.Draw(frame).text((2, size + 2), f'scale {side}x{side}, step {t + 1}/{total}', fill='black',
+                                   font=font())
+        frames.append(frame)
     return frames
 
 
-def save_gif(frames, path):
-    """Animated GIF, looping, the last frame held longer; written atomically."""
+def write_gif(frames, f):
+    """Write PIL RGB frames to the binary file f as an animated GIF, looping, the last frame held longer. Each
+    frame gets its own 256-colour palette by the fast octree method, without dithering (3x faster than PIL's
+    default; the frames are flat colours)."""
     durations = [FRAME_MS] * (len(frames) - 1) + [LAST_FRAME_MS]
+    frames = [frame.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for frame in frames]
+    frames[0].save(f, format='GIF', save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+
+def save_gif(frames, path):
+    """write_gif to path, atomically."""
     with atomic_write(path) as f:
-        frames[0].save(f, format='GIF', save_all=True, append_images=frames[1:], duration=durations, loop=0)
+        write_gif(frames, f)

@@ -24,14 +24,19 @@ def save_png(array, path):
         Image.fromarray(array).save(f, format='PNG')
 
 
-def save_grid(images, path, nrow=8, pad=2, min_side=64):
-    """A grid of (B, 3, H, W) images in [-1, 1] written as one PNG; images below min_side pixels are enlarged
-    by a whole factor (nearest neighbour), so that small samples stay visible."""
+def grid_array(images, nrow=8, pad=2, min_side=64):
+    """A grid of (B, 3, H, W) images in [-1, 1] as one (H', W', 3) uint8 array; images below min_side pixels are
+    enlarged by a whole factor (nearest neighbour), so that small samples stay visible."""
     factor = max(1, min_side // images.shape[-1])
     images = upscale_nearest(images, images.shape[-1] * factor) if factor > 1 else images  # (B, 3, H', W')
     grid = torchvision.utils.make_grid(images.detach().float().clamp(-1, 1).cpu(), nrow=nrow, padding=pad,
                                        normalize=True, value_range=(-1, 1))
-    save_png((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), path)
+    return (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_grid(images, path, nrow=8, pad=2, min_side=64):
+    """grid_array written as one PNG; returns path."""
+    save_png(grid_array(images, nrow, pad, min_side), path)
     return path
 
 
