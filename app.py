@@ -1,20 +1,33 @@
 """A browser app for a checkerboard generator (Gradio): pick a class and a schedule and watch the checkerboard fill
 in, paint a mask and edit, see an image's likelihood per scale and per position.
 
-    python app.py [--checkpoint PATH] [--port 7860] [--device cpu] [--host 127.0.0.1]
+    python app.py [--checkpoint PATH] [--port 7860] [--device cpu] [--host 127.0.0.1] [--precision fp32]
+                  [--max_batch_images 256] [--max_queue 64]
 
 With no --checkpoint it opens the demo's (outputs/demo/checkpoint-last.pth, made by `python main.py --config
 configs/demo.yaml`; when it is missing the page and the terminal say so). The model is loaded once (.pth with
-weights_only=True, or .safetensors from tools/export_safetensors.py) and requests queue, one at a time. Generate
-and Edit run main_sample.py's showcase and editing: the same class, seed and settings give the same images as
+weights_only=True, or .safetensors from tools/export_safetensors.py). Concurrent Generate requests with the same
+settings are drawn as one sampler batch (each sample has its own seed, so a request's images are those it gets
+alone), Likelihood requests with the same schedule are scored as one, edits run one at a time. Generate and Edit
+run main_sample.py's sampling and editing: the same class, seed and settings give the same images as
 `python main_sample.py --checkpoint PATH --labels C C ... --seed SEED ...` (with --use_ema for EMA weights).
-Bad input (not an image, an empty mask, a class or schedule the model cannot take) is a message in the page.
+A request renders only what the page shows, in memory but for the formation GIF (a bounded folder). Bad input
+(not an image, an empty mask, a class or schedule the model cannot take) is a message in the page, as is a full
+queue.
 """
 import argparse
+import atexit
+import collections
+import contextlib
 import functools
+import itertools
 import os
+import shutil
 import sys
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
@@ -29,17 +42,22 @@ from models import load_generator
 from models.checkerboard import format_schedule, parse_schedule
 from models.likelihood import bits, code_log_probs
 from models.load import checkpoint_config, read_safetensors
+from models.sample_batches import MAX_BASE_SEED, sample_seeds
 from models.sample_settings import SampleSettings
+from models.sampler import SampleOutput, decode_scales
 from util.checkpoint import load_checkpoint
 from util.config import ConfigError
 from util.errors import UsageError
-from util.figures import likelihood_figure, save_figure
-from util.images import from_uint8, save_png, to_uint8
+from util.figures import figure_array, formation_frames, likelihood_figure, maps_image, write_gif
+from util.images import from_uint8, to_uint8
+from util.precision import PRECISIONS, resolve_precision
+from util.request_batcher import RequestBatcher
 from util.run_dir import exit_on_error
 
 DEMO_CHECKPOINT = 'outputs/demo/checkpoint-last.pth'
 DEMO_COMMAND = 'python main.py --config configs/demo.yaml'
 MAX_IMAGES = 16
+CACHE_SECONDS = 1800  # Gradio's copies of the outputs are deleted after this long
 
 
 def in_page(handler):
@@ -65,18 +83,60 @@ def dataset_root(checkpoint_path):
     return path if path and os.path.isdir(os.path.join(path, 'train')) else None
 
 
-class Session:
-    """The loaded model and what the page needs around it; its methods serve the page's requests."""
+@dataclass(frozen=True)
+class BatchInfo:
+    """What a request learns of the batch it ran in: its number, requests and images in all, and the seconds the
+    model took for all of it (sampling and decoding)."""
+    number: int
+    requests: int
+    images: int
+    seconds: float
 
-    def __init__(self, model, data_root, workdir):
-        self.model, self.data_root, self.workdir = model, data_root, workdir
+    def describe(self, device):
+        return (f'sampled and decoded in {self.seconds:.3f} s ({1000 * self.seconds / self.images:.1f} ms per image) '
+                f'in batch {self.number} with {self.requests - 1} other request(s), {self.images} images in all, '
+                f'on {device}')
+
+
+class RecentFiles:
+    """The folder of the page's outputs that Gradio serves from files (the formation GIFs): it keeps the newest
+    `keep` files and deletes older ones as new ones come (Gradio has copied them to its cache by then), so that
+    the disk use stays bounded however many requests the app serves."""
+
+    def __init__(self, folder, keep):
+        self.folder, self.keep = folder, keep
+        self.paths, self.count, self.lock = collections.deque(), itertools.count(), threading.Lock()
+
+    def new(self, suffix):
+        """A fresh path in the folder; the oldest beyond `keep` are deleted."""
+        with self.lock:
+            path = os.path.join(self.folder, f'{next(self.count):08d}{suffix}')
+            self.paths.append(path)
+            while len(self.paths) > self.keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.paths.popleft())
+        return path
+
+
+class Session:
+    """The loaded model and what the page needs around it; its methods serve the page's requests. All model work
+    goes through one RequestBatcher: concurrent Generate requests with the same settings are sampled as one
+    batch (at most max_batch_images), Likelihood requests with the same schedule are scored as one, edits run
+    one at a time; each request then renders its own outputs in its own thread."""
+
+    def __init__(self, model, data_root, workdir, precision='fp32', max_batch_images=256, max_waiting=64):
+        self.model, self.data_root, self.precision = model, data_root, precision
         self.classes = (scan_image_folder(data_root, 'train')[0] if data_root else
                         [str(i) for i in range(model.num_classes)])
         self.val = scan_image_folder(data_root, 'val')[1] if data_root and os.path.isdir(
             os.path.join(data_root, 'val')) else []
+        self.gifs = RecentFiles(workdir, keep=2 * max_waiting)
+        self.batch_numbers = itertools.count()
+        self.batcher = RequestBatcher(self.run_batch, max_batch_images, max_waiting)
 
-    def folder(self):
-        return tempfile.mkdtemp(dir=self.workdir)
+    @property
+    def device(self):
+        return self.model.seq_positions.device
 
     def label(self, choice, count):
         """(count,) labels of a class choice (its name or index), None for an unconditional model."""
@@ -92,14 +152,16 @@ class Session:
         return torch.full((count,), index)
 
     def settings(self, schedule, cfg=0.0, cfg_start_step=0, temperature=1.0, top_k=0, top_p=1.0):
-        """SampleSettings from the page's fields, checked against the model; ConfigError naming a bad one."""
+        """SampleSettings from the page's fields in the app's precision, checked against the model; ConfigError
+        naming a bad one."""
         try:
             steps = parse_schedule(schedule)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         settings = SampleSettings(cfg=float(cfg), cfg_start_step=int(cfg_start_step), steps_per_scale=steps,
-                                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-        settings.check(self.model.sides, self.model.seq_positions.device)
+                                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                                  precision=self.precision)
+        settings.check(self.model.sides, self.device)
         return settings
 
     @staticmethod
@@ -108,23 +170,72 @@ class Session:
             raise ConfigError(f'number of images must be in 1..{MAX_IMAGES}, got {num_images}')
         return int(num_images)
 
+    def run_batch(self, key, items, progress):
+        """The batcher's work: one result per item of a batch of one key ((kind, settings or a request's own
+        object)), each with the BatchInfo."""
+        kind, settings = key
+        start = time.perf_counter()
+        results = {'generate': self.sample_batch, 'likelihood': self.likelihood_batch,
+                   'edit': lambda _, edits, __: [edits[0]()]}[kind](settings, items, progress)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        info = BatchInfo(next(self.batch_numbers), len(items), sum(len(seeds) for _, seeds in items)
+                         if kind == 'generate' else len(items), time.perf_counter() - start)
+        return [(result, info) for result in results]
+
+    def sample_batch(self, settings, items, progress):
+        """Items (labels (n,) or None, n seeds) sampled as one batch; each one's (SampleOutput with its top scale
+        decoded, the formation stages of its sample 0), decoded on its own as a solo request decodes it, so that
+        its pixels do not depend on the batch."""
+        labels = None if items[0][0] is None else torch.cat([labels for labels, _ in items])
+        seeds = [seed for _, item_seeds in items for seed in item_seeds]
+        out = self.model.sample(settings, labels=labels, batch_size=len(seeds), seeds=seeds, decode='none',
+                                on_scale=progress)
+        parts, first = [], 0
+        for _, item_seeds in items:
+            part = slice(first, first + len(item_seeds))
+            own = SampleOutput(codes=[c[part] for c in out.codes], images=[],
+                               maps={k: [m[part] for m in v] for k, v in out.maps.items()})
+            parts.append((decode_scales(self.model, own, 'top'), main_sample.sample_stages(self.model, own)))
+            first = part.stop
+        return parts
+
+    def likelihood_batch(self, settings, items, _):
+        """Items (pixels (S, S, 3) uint8, labels (1,) or None) scored as one batch: each one's ([(s, s)] bits
+        per position per scale, reconstruction (S, S, 3) uint8); each image is encoded and decoded on its own."""
+        model = self.model
+        with torch.no_grad():
+            codes = [model.codes_from_images(from_uint8(pixels)[None].to(self.device)) for pixels, _ in items]
+            labels = None if items[0][1] is None else torch.cat([labels for _, labels in items])
+            logp = code_log_probs(model, [torch.cat(scale) for scale in zip(*codes)], labels, settings)
+            reconstructions = [to_uint8(model.autoenc.decode(model.autoenc.codes_to_latents(c[-1])))[0] for c in codes]
+        return [([-bits(grid[j]).cpu().numpy() for grid in logp], reconstruction)
+                for j, reconstruction in enumerate(reconstructions)]
+
     @in_page
     def generate(self, label, schedule, cfg, cfg_start_step, temperature, top_k, top_p, seed, num_images, shown,
                  progress=gr.Progress()):
-        """Sample as main_sample.py's showcase: (grid, formation GIF of sample 0, maps of sample `shown`, text)."""
+        """Sample as main_sample.py's showcase, in a batch with the concurrent requests of the same settings:
+        (grid, formation GIF of sample 0, maps of sample `shown`, text)."""
         n = self.count(num_images)
         settings = self.settings(schedule, cfg, cfg_start_step, temperature, top_k, top_p)
         if not 0 <= int(shown) < n:
             raise ConfigError(f'the sample whose maps are shown must be in 0..{n - 1}, got {shown}')
+        if not 0 <= int(seed) < MAX_BASE_SEED:
+            raise ConfigError(f'seed must be in 0..{MAX_BASE_SEED - 1}, got {seed}')
         sides = self.model.sides
-        folder = self.folder()
-        seconds, out = main_sample.showcase(
-            self.model, settings, self.label(label, n), n, int(seed), folder,
-            on_scale=lambda i: progress((i + 1) / len(sides), desc=f'scale {sides[i]}x{sides[i]} drawn'))
-        info = (f'{n} image(s), {out.num_steps} serial steps ({settings.describe()}), '
-                f'{1000 * seconds / n:.1f} ms per image on {self.model.seq_positions.device}')
-        return (os.path.join(folder, 'samples_grid.png'), os.path.join(folder, 'sample_0000_forming.gif'),
-                os.path.join(folder, f'sample_{int(shown):04d}_maps.png'), info)
+        (out, stages), info = self.batcher.submit(
+            ('generate', settings), (self.label(label, n), sample_seeds(int(seed), range(n))), size=n,
+            on_progress=lambda i: progress((i + 1) / len(sides), desc=f'scale {sides[i]}x{sides[i]} drawn'))
+        gif = self.gifs.new('.gif')  # the rest is numpy and PIL work, in this request's thread
+        with open(gif, 'wb') as f:
+            write_gif(formation_frames(*stages), f)
+        image = to_uint8(out.images[-1][int(shown)][None])[0]
+        maps = main_sample.sample_maps(out, int(shown))
+        text = (f'{n} image(s), {out.num_steps} serial steps ({settings.describe()}); '
+                f'{info.describe(self.device)}')
+        return (main_sample.samples_grid(out.images[-1]), gif,
+                maps_image(image, maps['step'], maps['prob'], maps['entropy'], self.model.vocab_size), text)
 
     @in_page
     def val_image(self, index):
@@ -156,33 +267,28 @@ class Session:
                 raise ConfigError('empty mask: paint the region to redraw, or choose an out-painting factor')
             mask = Image.fromarray(np.where(painted, 0, 255).astype(np.uint8))  # white = keep
             image, keep = main_sample.edit_arrays(original, size, mask=mask)
-        folder = self.folder()
-        main_sample.write_edits(self.model, settings, image, keep, self.label(label, n), n, int(seed), folder)
-        return os.path.join(folder, 'edit_grid.png'), f'{n} edit(s), {settings.describe()}: input, kept region, edits'
+        labels = self.label(label, n)
+        out, _ = self.batcher.submit(('edit', object()), functools.partial(
+            main_sample.draw_edits, self.model, settings, image, keep, labels, n, int(seed)), size=n)
+        return (main_sample.edit_grid(image, keep, out.images[-1]),
+                f'{n} edit(s), {settings.describe()}: input, kept region, edits')
 
     @in_page
     def likelihood(self, image_path, label, schedule):
-        """The image's negative log-likelihood under the schedule's factorization: (a figure of the image, its
-        reconstruction and the bits of every position, a table of bits per scale)."""
+        """The image's negative log-likelihood under the schedule's factorization, scored in a batch with the
+        concurrent requests of the same schedule: (a figure of the image, its reconstruction and the bits of every
+        position, a table of bits per scale)."""
         settings = self.settings(schedule)
         if not image_path:
             raise ConfigError('no image: upload one or load one from the val split')
         original = main_sample.read_rgb(image_path, 'the image')
-        device = self.model.seq_positions.device
         pixels = np.array(center_crop_arr(original, self.model.img_size))  # (S, S, 3) uint8, writable
-        codes = self.model.codes_from_images(from_uint8(pixels)[None].to(device))
-        logp = code_log_probs(self.model, codes, self.label(label, 1), settings)
-        maps = [-bits(grid[0]).cpu().numpy() for grid in logp]  # [(s, s)] bits per position
-        with torch.no_grad():
-            reconstruction = to_uint8(self.model.autoenc.decode(self.model.autoenc.codes_to_latents(codes[-1])))[0]
+        (maps, reconstruction), _ = self.batcher.submit(('likelihood', settings), (pixels, self.label(label, 1)))
         total = sum(float(m.sum()) for m in maps)
         title = f'{total:.1f} bits under schedule {format_schedule(settings.steps_per_scale)}'
-        folder = self.folder()
-        save_figure(likelihood_figure(pixels, reconstruction, maps, title), os.path.join(folder, 'likelihood.png'))
-        save_png(reconstruction, os.path.join(folder, 'reconstruction.png'))
         rows = '\n'.join(f'| {s}x{s} | {float(m.sum()):.1f} |' for s, m in zip(self.model.sides, maps))
         table = f'| scale | bits |\n| --- | --- |\n{rows}\n| all | {total:.1f} |'
-        return os.path.join(folder, 'likelihood.png'), table
+        return figure_array(likelihood_figure(pixels, reconstruction, maps, title)), table
 
 
 def sampling_fields(session, tab, guidance=True, extra=True):
@@ -204,10 +310,11 @@ def sampling_fields(session, tab, guidance=True, extra=True):
 def build_page(session, checkpoint_path):
     """The page: Generate, Edit and Likelihood tabs, each an API endpoint of the same name."""
     model = session.model
-    with gr.Blocks(title='Progressive-checkerboard generator') as page:
+    with gr.Blocks(title='Progressive-checkerboard generator', delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as page:
         gr.Markdown(f'### Progressive-checkerboard generator\n`{checkpoint_path}`: scales {model.sides}, '
                     f'{model.num_positions} codes per {model.img_size}-px image, '
-                    f'{model.num_classes or "no"} classes')
+                    f'{model.num_classes or "no"} classes; the transformer runs in {session.precision} on '
+                    f'{session.device}', elem_id='header')
         with gr.Tab('Generate'):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -217,11 +324,11 @@ def build_page(session, checkpoint_path):
                     shown = gr.Number(0, precision=0, label='maps of sample')
                     go = gr.Button('Generate', variant='primary', elem_id='generate')
                 with gr.Column(scale=2):
-                    grid = gr.Image(label='samples', type='filepath', elem_id='grid')
+                    grid = gr.Image(label='samples', format='png', elem_id='grid')
                     info = gr.Markdown(elem_id='generate-info')
                     with gr.Row():
                         gif = gr.Image(label='formation of sample 0', type='filepath')
-                        maps = gr.Image(label='maps: drawing step, log-probability, entropy', type='filepath')
+                        maps = gr.Image(label='maps: drawing step, log-probability, entropy', format='png')
             go.click(session.generate, [*fields, seed, count, shown], [grid, gif, maps, info], api_name='generate')
         with gr.Tab('Edit'):
             with gr.Row():
@@ -236,7 +343,7 @@ def build_page(session, checkpoint_path):
                     count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label='edits')
                     go = gr.Button('Edit', variant='primary', elem_id='edit')
                 with gr.Column(scale=2):
-                    edits = gr.Image(label='input, kept region, edits', type='filepath', elem_id='edits')
+                    edits = gr.Image(label='input, kept region, edits', format='png', elem_id='edits')
                     info = gr.Markdown()
             load.click(session.val_image, [index], [editor], api_name='val_image')
             go.click(session.edit, [editor, outpaint, *fields, seed, count], [edits, info], api_name='edit')
@@ -249,7 +356,7 @@ def build_page(session, checkpoint_path):
                     fields = sampling_fields(session, 'likelihood', guidance=False, extra=False)
                     go = gr.Button('Likelihood', variant='primary', elem_id='likelihood')
                 with gr.Column(scale=2):
-                    figure = gr.Image(label='bits of every code', type='filepath')
+                    figure = gr.Image(label='bits of every code', format='png')
                     table = gr.Markdown()
             load.click(session.val_image, [index], [image], api_name='val_image_likelihood')
             go.click(session.likelihood, [image, *fields], [figure, table], api_name='likelihood')
@@ -270,16 +377,37 @@ def parse_args(argv):
     p.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     p.add_argument('--use_ema', choices=['auto', 'yes', 'no'], default='auto',
                    help='sample with the EMA weights (auto: where the checkpoint has them)')
+    p.add_argument('--precision', choices=['auto', *PRECISIONS], default='fp32',
+                   help='transformer precision (auto: bf16 where the CPU or GPU multiplies bf16 natively, else '
+                        'fp32; fp32 gives exactly the images of main_sample.py at its default)')
+    p.add_argument('--max_batch_images', type=positive, default=256,
+                   help='the most images sampled in one batch of concurrent requests')
+    p.add_argument('--max_queue', type=positive, default=64,
+                   help='the most requests waiting for the model; beyond it a request is told the queue is full')
     return p.parse_args(argv)
 
 
-def load_session(path, device=None, use_ema='auto'):
-    """The Session of a checkpoint; ConfigError (one line) when there is none."""
+def positive(text):
+    """argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'must be a whole number >= 1, got {text!r}')
+    return int(text)
+
+
+def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_images=256, max_queue=64):
+    """The Session of a checkpoint (precision 'auto' resolved on its device); ConfigError (one line) when there
+    is none or the precision does not run on the device."""
     if not os.path.isfile(path):
         raise ConfigError(f'--checkpoint {path}: no such file')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    try:
+        precision = resolve_precision(precision, device)
+    except ValueError as e:
+        raise ConfigError(f'--precision {precision}: {e}') from None
     model = load_generator(path, {'auto': None, 'yes': True, 'no': False}[use_ema], device)
-    return Session(model, dataset_root(path), tempfile.mkdtemp(prefix='checkerboard-app-'))
+    workdir = tempfile.mkdtemp(prefix='checkerboard-app-')
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    return Session(model, dataset_root(path), workdir, precision, max_batch_images, max_queue)
 
 
 def page_for(args):
@@ -290,15 +418,25 @@ def page_for(args):
         print(f'error: {message}', file=sys.stderr)
         return missing_page(message)
     path = args.checkpoint or DEMO_CHECKPOINT
-    return build_page(load_session(path, args.device, args.use_ema), path)
+    session = load_session(path, args.device, args.use_ema, args.precision, args.max_batch_images, args.max_queue)
+    print(f'serving {path} on {session.device}, transformer in {session.precision}'
+          + (' (--precision auto)' if args.precision == 'auto' else ''))
+    return build_page(session, path)
+
+
+def launch(page, max_queue, host='127.0.0.1', port=7860, **kwargs):
+    """Serve the page: up to max_queue requests of each tab wait for the model at once (the batcher merges them),
+    as many more wait in Gradio's queue, and past that a request is told the queue is full. kwargs go to
+    Blocks.launch."""
+    page.queue(default_concurrency_limit=max_queue, max_size=max_queue).launch(
+        server_name=host, server_port=port, show_error=True, max_threads=max(40, 3 * max_queue + 8), **kwargs)
 
 
 def main(argv=None):
     args = parse_args(argv)
     with exit_on_error():
         page = page_for(args)
-    page.queue(default_concurrency_limit=1, max_size=32).launch(server_name=args.host, server_port=args.port,
-                                                                 show_error=True)
+    launch(page, args.max_queue, args.host, args.port)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,214 @@
+"""Load test of the browser app: launch app.py on a checkpoint, send Generate requests through gradio_client,
+one at a time and then from N clients at once, and print latency (p50 / p95), throughput and the sampler's own
+time (from the page's info line). Prints figures; writes nothing outside a temporary folder.
+
+    python -m tools.load_test --checkpoint outputs/demo/checkpoint-last.pth --clients 16 --images 16
+    python -m tools.load_test --checkpoint ... --floor     # the same load against a page that does no work
+
+--floor also serves, in its own process, a page with the app's Generate outputs that returns a fixed answer of
+the same sizes at once: what Gradio and the clients cost by themselves on this machine. The clients run in this
+process, on the same CPU as the server (their CPU time is printed).
+"""
+import argparse
+import concurrent.futures
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INFO = re.compile(r'sampled and decoded in ([\d.]+) s .* in batch (\d+) with (\d+) other request\(s\), (\d+) images')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def started(command, port, log_path, timeout):
+    """Start command (a server on port) with its output in log_path; returns (process, url) once a client
+    connects. SystemExit with the log's end when it exits or does not answer in time."""
+    from gradio_client import Client
+    env = {**os.environ, 'GRADIO_ANALYTICS_ENABLED': 'False'}
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url, start = f'http://127.0.0.1:{port}/', time.time()
+    while time.time() - start < timeout:
+        if process.poll() is not None:
+            break
+        try:
+            Client(url, verbose=False)
+            return process, url
+        except Exception:  # noqa: BLE001 (not up yet)
+            time.sleep(0.5)
+    process.kill()
+    with open(log_path) as log:
+        tail = log.read()[-2000:]
+    raise SystemExit(f'error: the server did not start in {timeout} s ({" ".join(command)}):\n{tail}')
+
+
+def percentile(values, q):
+    return float(np.percentile(values, q))
+
+
+class Load:
+    """Generate requests against url with fixed settings; request i has seed i."""
+
+    def __init__(self, url, args):
+        from gradio_client import Client
+        self.url, self.args, self.Client = url, args, Client
+        endpoint = Client(url, verbose=False).view_api(return_format='dict', print_info=False)['named_endpoints']
+        classes = endpoint['/generate']['parameters'][0]['type'].get('enum') or [None]
+        self.label = args.label or classes[0]
+        self.seeds = iter(range(10 ** 6))
+
+    def request(self, client):
+        """(latency s, info line) of one request."""
+        a = self.args
+        start = time.perf_counter()
+        *_, info = client.predict(label=self.label, schedule=a.schedule, cfg=a.cfg, cfg_start_step=a.cfg_start_step,
+                                  temperature=1.0, top_k=0, top_p=1.0, seed=next(self.seeds), num_images=a.images,
+                                  shown=0, api_name='/generate')
+        return time.perf_counter() - start, info
+
+    def solo(self, count):
+        """[(latency, info)] of count requests, one after another (after one to warm up)."""
+        client = self.Client(self.url, verbose=False)
+        self.request(client)
+        return [self.request(client) for _ in range(count)]
+
+    def concurrent(self, count):
+        """(wall s, [(latency, info)], client CPU s) of count clients sending one request each at once."""
+        clients = [self.Client(self.url, verbose=False) for _ in range(count)]
+        barrier = threading.Barrier(count + 1)
+
+        def one(client):
+            barrier.wait()
+            return self.request(client)
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            futures = [pool.submit(one, client) for client in clients]
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            barrier.wait()
+            start = time.perf_counter()
+            results = [future.result() for future in futures]
+            wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return wall, results, cpu
+
+
+def sampler_seconds(infos):
+    """(total seconds, number of batches) of the distinct batches named in info lines, or (None, 0)."""
+    batches = {}
+    for info in infos:
+        found = INFO.search(info or '')
+        if found:
+            batches[found.group(2)] = float(found.group(1))
+    return (sum(batches.values()), len(batches)) if batches else (None, 0)
+
+
+def report(name, load, args):
+    """Print the solo and concurrent figures of one server; returns (solo p50, concurrent walls)."""
+    solo = load.solo(args.solo)
+    latencies = [latency for latency, _ in solo]
+    p50 = statistics.median(latencies)
+    sampled = [sampler_seconds([info])[0] for _, info in solo]
+    line = (f'{name}: solo, {args.solo} requests: latency p50 {p50:.3f} s (min {min(latencies):.3f}, '
+            f'max {max(latencies):.3f})')
+    if sampled[0] is not None:
+        bound = 1 + 3 * statistics.median(sampled)
+        line += (f'; sampler {statistics.median(sampled):.3f} s; 1 s + 3 x sampler = {bound:.3f} s: '
+                 f'{"holds" if p50 <= bound else "does not hold"}')
+    print(line, flush=True)
+    walls = []
+    for round_ in range(1, args.rounds + 1):
+        wall, results, cpu = load.concurrent(args.clients)
+        latencies = [latency for latency, _ in results]
+        seconds, batches = sampler_seconds([info for _, info in results])
+        sampler = f'; sampler {seconds:.3f} s in {batches} batch(es)' if seconds is not None else ''
+        print(f'{name}: {args.clients} clients at once, round {round_}: all answered in {wall:.2f} s '
+              f'({args.clients * args.images / wall:.1f} images/s, {wall / p50:.1f}x the solo p50), latency p50 '
+              f'{percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s{sampler}; client CPU '
+              f'{cpu:.2f} s', flush=True)
+        walls.append(wall)
+    return p50, walls
+
+
+def serve_floor(port, folder):
+    """A page with the app's Generate inputs and outputs that returns a fixed answer of the same sizes (the grid
+    of 16 demo images, a 9-frame GIF, a maps image; the GIF written to folder), doing no work: the cost of Gradio
+    itself."""
+    import gradio as gr
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (148, 264, 3), dtype=np.uint8) // 64 * 64) for _ in range(9)]
+    gif = os.path.join(folder, 'forming.gif')
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
+    grid = np.kron(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))[:266, :266]
+    maps = np.kron(rng.integers(0, 255, (29, 24, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+
+    def generate(label, schedule, cfg, cfg_start_step, temperature, top_k, top_p, seed, num_images, shown):
+        return grid, gif, maps, 'no work done'
+    with gr.Blocks() as page:
+        inputs = [gr.Dropdown(['none'], value='none'), gr.Textbox(), *[gr.Number() for _ in range(8)]]
+        outputs = [gr.Image(format='png'), gr.Image(type='filepath'), gr.Image(format='png'), gr.Markdown()]
+        gr.Button().click(generate, inputs, outputs, api_name='generate')
+    page.queue(default_concurrency_limit=64, max_size=64).launch(server_port=port, max_threads=200, quiet=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--checkpoint', help='the generator the app serves (default: the demo\'s)')
+    p.add_argument('--clients', type=int, default=16, help='clients sending one request each at once')
+    p.add_argument('--images', type=int, default=16, help='images per request')
+    p.add_argument('--rounds', type=int, default=3, help='rounds of concurrent requests')
+    p.add_argument('--solo', type=int, default=5, help='requests sent one at a time, before the rounds')
+    p.add_argument('--schedule', default='4')
+    p.add_argument('--cfg', type=float, default=2.0)
+    p.add_argument('--cfg_start_step', type=int, default=1)
+    p.add_argument('--label', help='the class (default: the first)')
+    p.add_argument('--app_args', default='', help="more flags for app.py, e.g. '--precision auto --device cuda'")
+    p.add_argument('--floor', action='store_true', help='also measure a page that does no work')
+    p.add_argument('--startup_timeout', type=float, default=300)
+    p.add_argument('--serve_floor', nargs=2, metavar=('PORT', 'FOLDER'), help=argparse.SUPPRESS)  # --floor's server
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.serve_floor:
+        return serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
+    from util.provenance import cpu_name
+    folder = tempfile.mkdtemp(prefix='load-test-')
+    servers = [('app', [sys.executable, 'app.py', *(['--checkpoint', args.checkpoint] if args.checkpoint else []),
+                        *args.app_args.split()])]
+    if args.floor:
+        servers.append(('floor', [sys.executable, '-m', 'tools.load_test']))
+    print(f'{args.images} images per request, schedule {args.schedule}, cfg {args.cfg:g} from step '
+          f'{args.cfg_start_step}; server and clients on {cpu_name()} ({os.cpu_count()} cores)', flush=True)
+    try:
+        for name, command in servers:
+            port = free_port()
+            command += ['--serve_floor', str(port), folder] if name == 'floor' else ['--port', str(port)]
+            process, url = started(command, port, os.path.join(folder, f'{name}.log'), args.startup_timeout)
+            try:
+                report(name, Load(url, args), args)
+            finally:
+                process.terminate()
+                process.wait(30)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
