@@ -41,11 +41,10 @@ from data.transforms import center_crop_arr
 from models import load_generator
 from models.checkerboard import format_schedule, parse_schedule
 from models.likelihood import bits, code_log_probs
-from models.load import checkpoint_config, read_safetensors
+from models.load import checkpoint_config, read_checkpoint
 from models.sample_batches import MAX_BASE_SEED, sample_seeds
 from models.sample_settings import SampleSettings
 from models.sampler import SampleOutput, decode_scales
-from util.checkpoint import load_checkpoint
 from util.config import ConfigError
 from util.errors import UsageError
 from util.figures import figure_array, formation_frames, likelihood_figure, maps_image, write_gif
@@ -74,9 +73,7 @@ def in_page(handler):
 def dataset_root(checkpoint_path):
     """The training data folder named in a checkpoint's config, when it is on this machine (class names, val
     images), else None."""
-    checkpoint = (read_safetensors(checkpoint_path) if checkpoint_path.endswith('.safetensors')
-                  else load_checkpoint(checkpoint_path))
-    args = checkpoint_config(checkpoint, checkpoint_path).get('args') or {}
+    args = checkpoint_config(read_checkpoint(checkpoint_path), checkpoint_path).get('args') or {}
     path = args.get('data_path')
     if path in BUILTIN_DATASETS:
         path = os.path.join(args.get('builtin_root') or 'data/builtin', path)
@@ -397,7 +394,7 @@ def positive(text):
 def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_images=256, max_queue=64):
     """The Session of a checkpoint (precision 'auto' resolved on its device); ConfigError (one line) when there
     is none or the precision does not run on the device."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f'--checkpoint {path}: no such file')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     try:

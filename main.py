@@ -37,8 +37,10 @@ from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, 
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
 from util.precision import PRECISIONS, autocast, check_precision, resolve_precision
 from util.provenance import file_sha256
-from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, check_finite, exit_on_error, find_resume,
-                          kept_checkpoint)
+from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, SHARDED_LAST_CHECKPOINT, check_finite,
+                          exit_on_error, find_resume, kept_checkpoint, last_checkpoint)
+from util.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
+from util.sharding import full_state_dict, shard_generator, total_norm
 from util.run_log import RunLog
 from util.schedule import OPTIMIZERS, SCHEDULES, base_lr, build_optimizer, build_scheduler
 
@@ -75,6 +77,10 @@ TRAIN_OPTIONS = {
     'device': Option(str, None, 'cpu or cuda (default: cuda when available)'),
     'compile': Option(bool, False, 'torch.compile the transformer for training steps (up to two minutes of '
                                    'compiling, then 1.1-1.4x faster steps on a CPU; see docs/benchmarks.md)'),
+    'fsdp': Option(bool, False, 'shard weights, gradients, optimizer state and EMA over the torchrun processes '
+                                '(FSDP2); checkpoints become sharded checkpoint-last.dcp folders'),
+    'grad_checkpointing': Option(bool, False, 'recompute each transformer block in the backward pass: '
+                                              'activation memory of one block instead of all, one more forward'),
     # checkpoints and logs
     'output_dir': Option(str, 'outputs/run', 'checkpoints, config.yaml, log.jsonl, samples'),
     'resume': Option(str, None, 'checkpoint file or folder to resume from (default: output_dir if it has one)'),
@@ -166,6 +172,9 @@ def resolve_run(config):
     checked_autoencoder_weights(model.autoenc)
     if args['compile'] and not distributed.uses_cuda(args['device']):
         check_cpu_compiler()
+    if args['fsdp'] and 'WORLD_SIZE' not in os.environ:
+        raise ConfigError('args.fsdp shards over the processes of torchrun: start the run with `torchrun '
+                          '--nproc_per_node N main.py ...` (N >= 1), or leave fsdp off')
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
     root = resolve_data_path(args['data_path'], args['builtin_root'])
@@ -218,7 +227,9 @@ class Trainer:
         np.random.seed(args['seed'] + dist.rank)
         random.seed(args['seed'] + dist.rank)
         self.model = build_generator(config['model'], device=self.device)
-        if resume is not None:  # before anything is written: a mismatch is one line and nothing else
+        self.model.llama.grad_checkpointing = args['grad_checkpointing']
+        self.sharded_resume = resume is not None and is_sharded_checkpoint(resume[0])
+        if resume is not None and not self.sharded_resume:  # before anything is written: a mismatch is one line
             load_resumed_weights(self.model, resume[1]['model'], resume[0])
         files = config['model'].autoenc
         self.autoenc_config = read_autoencoder_config(resolve_path(files.config_path), files.params)
@@ -230,15 +241,21 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
                                                   num_workers=args['num_workers'],
                                                   pin_memory=self.device.type == 'cuda')
+        # the EMA of sharded weights is sharded the same way (and updated tensor by tensor: a foreach update
+        # cannot mix the sharded tensors with the whole ones of the frozen autoencoder)
+        self.ema = ModelEmaV3(self.model, decay=args['ema'], foreach=not args['fsdp']) if args['ema'] > 0 else None
+        if args['fsdp']:
+            for module in (self.model, self.ema.module if self.ema else None):
+                if module is not None:
+                    shard_generator(module, self.precision)
         self.lr = base_lr(args, self.sampler.global_batch)
         self.optimizer = build_optimizer(args['optimizer'], self.model, self.lr, args['weight_decay'])
         self.scheduler = build_scheduler(self.optimizer, args, self.sampler.batches_per_epoch)
-        self.ema = ModelEmaV3(self.model, decay=args['ema']) if args['ema'] > 0 else None
         if args['compile']:
             self.model.compile_for_training()
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.local_rank]
                                             if self.device.type == 'cuda' else None)
-                    if self.dist.enabled else self.model)
+                    if self.dist.enabled and not args['fsdp'] else self.model)
         self.train_gen = torch.Generator(self.device).manual_seed(args['seed'])  # same on every rank
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.earlier_seconds = 0.0  # training wall time of the sessions before this one (None: not recorded)
@@ -274,15 +291,18 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def state(self):
-        return {'model': self.model.state_dict(),
-                'model_ema': self.ema.module.state_dict() if self.ema else None,
-                'optimizer': self.optimizer.state_dict(), 'epoch': self.epoch, 'scaler': {},
-                'args': argparse.Namespace(**self.args),
+    def meta(self):
+        """The run's state but for weights and optimizer state."""
+        return {'epoch': self.epoch, 'scaler': {}, 'args': argparse.Namespace(**self.args),
                 'step': self.step, 'batch_in_epoch': self.batch_in_epoch,
                 'scheduler': self.scheduler.state_dict(), 'rng': rng_states(self.train_gen),
                 'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published(),
                 'autoenc_sha256': self.autoenc_sha256, 'train_seconds': self.train_seconds()}
+
+    def state(self):
+        """The single-file checkpoint."""
+        return {'model': self.model.state_dict(), 'model_ema': self.ema.module.state_dict() if self.ema else None,
+                'optimizer': self.optimizer.state_dict(), **self.meta()}
 
     def train_seconds(self):
         """Wall time spent training up to now, every session of a resumed run summed (the steps a stop lost are
@@ -292,21 +312,31 @@ class Trainer:
         return self.earlier_seconds + time.perf_counter() - self.session_start
 
     def save(self, keep=False):
-        """The last checkpoint (and a numbered keep) with the config beside it; rank 0 writes, atomically."""
-        if self.dist.is_main:
-            out = self.args['output_dir']
+        """The last checkpoint (and a numbered keep) with the config beside it, atomically: rank 0 writes a single
+        file, or under fsdp every rank its shards."""
+        out = self.args['output_dir']
+        if self.args['fsdp']:
+            meta, ema = self.meta(), self.ema.module if self.ema else None
+            for name in [SHARDED_LAST_CHECKPOINT] + ([kept_checkpoint(self.epoch, sharded=True)] if keep else []):
+                save_sharded(os.path.join(out, name), self.model, self.optimizer, ema, meta)
+        elif self.dist.is_main:
             state = self.state()
             save_checkpoint(state, os.path.join(out, LAST_CHECKPOINT))
             if keep:
                 save_checkpoint(state, os.path.join(out, kept_checkpoint(self.epoch)))
+        if self.dist.is_main:
             write_yaml(config_record(self.config), os.path.join(out, CONFIG_FILE))
         distributed.barrier()
 
     def resume(self, path, ck):
-        """Optimizer, schedule, EMA, position and random states of a checkpoint (the weights are loaded)."""
-        if self.ema is not None:
-            self.ema.module.load_state_dict(ck['model_ema'] if ck.get('model_ema') else ck['model'])
-        self.optimizer.load_state_dict(ck['optimizer'])
+        """Optimizer, schedule, EMA, position and random states of a checkpoint (a single file's weights are
+        loaded; a sharded checkpoint's weights are loaded here, resharded to this run)."""
+        if self.sharded_resume:
+            load_sharded(path, self.model, self.optimizer, self.ema.module if self.ema else None)
+        else:
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ck['model_ema'] if ck.get('model_ema') else ck['model'])
+            self.optimizer.load_state_dict(ck['optimizer'])
         self.scheduler.load_state_dict(ck['scheduler'])
         self.step, self.epoch, self.batch_in_epoch = ck['step'], ck['epoch'], ck['batch_in_epoch']
         self.earlier_seconds = ck.get('train_seconds')
@@ -329,8 +359,10 @@ class Trainer:
             x = ([c[part].to(self.device, non_blocking=True) for c in inputs] if isinstance(inputs, list)
                  else inputs[part].to(self.device, non_blocking=True))
             y = labels[part].to(self.device)
-            defer_sync = self.dist.enabled and j < accum - 1  # all-reduce gradients once, on the last part
-            with self.ddp.no_sync() if defer_sync else contextlib.nullcontext(), \
+            defer_sync = self.dist.enabled and j < accum - 1  # reduce gradients once, on the last part
+            if self.args['fsdp']:
+                self.model.set_requires_gradient_sync(not defer_sync)
+            with self.ddp.no_sync() if defer_sync and not self.args['fsdp'] else contextlib.nullcontext(), \
                     autocast(self.device, self.precision):
                 loss, stats = self.ddp(x, y, self.train_gen, (first + j * micro, total))
             (loss / accum).backward()
@@ -345,7 +377,7 @@ class Trainer:
         self.scheduler.step_update(self.step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
-        return {**{k: v.item() for k, v in stats_sum.items()}, 'grad_norm': grad_norm.item()}
+        return {**{k: v.item() for k, v in stats_sum.items()}, 'grad_norm': total_norm(grad_norm).item()}
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -398,6 +430,10 @@ class Trainer:
         """Inline evaluation with the EMA weights (or the model): samples, a grid and metrics in the log."""
         args = self.args
         model = (self.ema.module if self.ema is not None else self.model).eval()
+        if args['fsdp']:  # the sampler calls submodules one by one: it runs on a whole copy
+            weights = full_state_dict(model)
+            model = build_generator(self.config['model'], device=self.device).eval()
+            model.load_state_dict(weights)
         folder = os.path.join(args['output_dir'], f'eval_epoch{self.epoch:04d}')
         record = sample_quality.evaluate_generator(
             model, self.sample_settings, self.dist, self.data_root, folder, num_samples=args['eval_num_samples'],
@@ -430,9 +466,16 @@ def read_resume(config):
     path = find_resume(args['output_dir'], args['resume'])
     if path is None:
         return None
-    state = load_checkpoint(path, allow_unsafe=args['unsafe_load'])
-    if not isinstance(state, dict) or 'model' not in state:
-        raise CheckpointError(f"{path}: not a generator checkpoint (no 'model' entry); use another --output_dir")
+    if is_sharded_checkpoint(path):
+        state = read_meta(path)  # its weights are loaded by the Trainer, resharded
+    elif args['fsdp']:
+        raise CheckpointError(f'{path}: a single-file checkpoint does not resume under args.fsdp; resume it '
+                              'without fsdp, or start the sharded run in another --output_dir')
+    else:
+        state = load_checkpoint(path, allow_unsafe=args['unsafe_load'])
+        if not isinstance(state, dict) or 'model' not in state:
+            raise CheckpointError(f"{path}: not a generator checkpoint (no 'model' entry); use another "
+                                  '--output_dir')
     if isinstance(state.get('config'), dict):
         try:
             saved = GeneratorConfig.from_dict(state['config']['model'])
@@ -481,7 +524,7 @@ def ensure_autoencoder(config):
 def write_showcase(config, device):
     """Samples with maps figures and the step-by-step GIF from the final checkpoint, into output_dir/samples."""
     args = config['args']
-    model = load_generator(os.path.join(args['output_dir'], LAST_CHECKPOINT), use_ema=bool(args['ema']), device=device)
+    model = load_generator(last_checkpoint(args['output_dir']), use_ema=bool(args['ema']), device=device)
     labels = balanced_labels(args['showcase_images'], model.num_classes) if model.class_cond else None
     main_sample.showcase(model, sample_settings(args, resolve_precision(args['precision'], device)), labels,
                          args['showcase_images'], args['seed'], os.path.join(args['output_dir'], 'samples'))

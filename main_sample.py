@@ -88,7 +88,8 @@ def device_name(text):
 
 def parse_args(argv):
     p = Parser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--checkpoint', required=True, help='checkpoint-last.pth (config inside it or config.yaml beside)')
+    p.add_argument('--checkpoint', required=True, help='checkpoint-last.pth (config inside it or config.yaml '
+                   'beside), a .safetensors export or a sharded checkpoint-last.dcp folder')
     p.add_argument('--use_ema', action='store_true', help='sample with the EMA weights')
     p.add_argument(UNSAFE_FLAG, action='store_true', help='allow a full unpickle of a trusted checkpoint')
     p.add_argument('--device', type=device_name, help='cpu or cuda (default: cuda if available)')

@@ -12,6 +12,7 @@ from models.generator_config import GeneratorConfig
 from util.checkpoint import CheckpointError, load_checkpoint, load_matching_state_dict
 from util.config import ConfigError
 from util.provenance import file_sha256
+from util.sharded_checkpoint import is_sharded_checkpoint, read_sharded
 
 
 def resolve_path(path, checkpoint_path=None):
@@ -98,14 +99,21 @@ def read_safetensors(path):
             'autoenc_config': json.loads(metadata.get('autoenc_config', 'null'))}
 
 
+def read_checkpoint(path, allow_unsafe=False):
+    """The dict of a generator checkpoint: a single file (load_checkpoint), a .safetensors export or a sharded
+    checkpoint folder (.dcp, its weights whole)."""
+    if os.fspath(path).endswith('.safetensors'):
+        return read_safetensors(path)
+    if is_sharded_checkpoint(path):
+        return read_sharded(path)
+    return load_checkpoint(path, allow_unsafe)
+
+
 def load_generator(checkpoint_path, use_ema=False, device='cpu', allow_unsafe=False):
-    """Load a published or project checkpoint (config inside or beside it) or a .safetensors export; returns the
-    model in eval mode. use_ema: the EMA weights (True), the training weights (False), or the EMA weights where
-    the file has them (None)."""
-    if os.fspath(checkpoint_path).endswith('.safetensors'):
-        checkpoint = read_safetensors(checkpoint_path)
-    else:
-        checkpoint = load_checkpoint(checkpoint_path, allow_unsafe)
+    """Load a published or project checkpoint (config inside or beside it), a .safetensors export or a sharded
+    checkpoint folder; returns the model in eval mode. use_ema: the EMA weights (True), the training weights
+    (False), or the EMA weights where the file has them (None)."""
+    checkpoint = read_checkpoint(checkpoint_path, allow_unsafe)
     if not isinstance(checkpoint, dict) or not ({'model', 'model_ema'} & set(checkpoint)):
         raise CheckpointError(f"{checkpoint_path}: not a generator checkpoint (no 'model' entry)")
     if use_ema is None:

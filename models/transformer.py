@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
+import torch.utils.checkpoint
 
 from models.generator_config import TransformerConfig
 
@@ -185,7 +186,10 @@ class Block(nn.Module):
             return None, None
         return self.input_modulation(cond), self.post_attention_modulation(cond)
 
-    def forward(self, x, modulations, q_rope, k_rope, mask=None, cache=None):
+    def forward(self, x, cond, q_rope, k_rope, mask=None, cache=None, modulations=None):
+        """modulations: self.modulations(cond) when already computed (sampling reuses them); computed here
+        otherwise, inside this module's call (where FSDP has gathered its weights)."""
+        modulations = modulations or self.modulations(cond)
         x = x + self.attention(modulate(self.attention_norm(x), modulations[0]), q_rope, k_rope, mask, cache)
         return x + self.feed_forward(modulate(self.ffn_norm(x), modulations[1]))
 
@@ -205,6 +209,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(hidden_size, rms_norm_eps)
         self.rotary_emb = RotaryTable(scale_sides, head_dim, num_attention_heads, num_mixing_layers)
         self.num_heads, self.head_dim = num_attention_heads, head_dim
+        self.grad_checkpointing = False  # recompute each block in the backward pass (training only)
         for m in self.modules():  # published init: every Linear N(0, 0.02), zero bias (adaLN included)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
@@ -224,8 +229,9 @@ class Transformer(nn.Module):
         modulations: self.modulations(cond) when already computed."""
         cur = self.rotary_emb.cos_sin(cur_ids)
         past = self.rotary_emb.cos_sin(past_ids)
-        modulations = modulations or self.modulations(cond)
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, modulations[i], cur, self.rotary_emb.key_rope(i, cur, past), mask,
-                      caches[i] if caches is not None else None)
+            inputs = (x, cond, cur, self.rotary_emb.key_rope(i, cur, past), mask,
+                      caches[i] if caches is not None else None, modulations[i] if modulations else None)
+            x = torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
         return self.norm(x)

@@ -49,6 +49,11 @@ def is_initialized():
     return dist.is_available() and dist.is_initialized()
 
 
+def is_main():
+    """Whether this process is rank 0 (or the only one)."""
+    return not is_initialized() or dist.get_rank() == 0
+
+
 def barrier():
     if is_initialized():
         dist.barrier()

@@ -9,26 +9,41 @@ from util.atomic import DiskFullError
 from util.config import ConfigError
 from util.errors import UsageError
 from util.distributed import on_every_rank
+from util.sharded_checkpoint import POINTER, SHARDED_SUFFIX, is_sharded_checkpoint
 
 LAST_CHECKPOINT = 'checkpoint-last.pth'
+SHARDED_LAST_CHECKPOINT = 'checkpoint-last' + SHARDED_SUFFIX  # a folder, written under --fsdp
 CONFIG_FILE = 'config.yaml'
 LOG_FILE = 'log.jsonl'
 
 
-def kept_checkpoint(epoch):
-    """File name of the checkpoint kept at the end of epoch."""
-    return f'checkpoint-{epoch:04d}.pth'
+def kept_checkpoint(epoch, sharded=False):
+    """Name of the checkpoint kept at the end of epoch (a sharded checkpoint's folder when sharded)."""
+    return f'checkpoint-{epoch:04d}' + (SHARDED_SUFFIX if sharded else '.pth')
+
+
+def last_checkpoint(folder):
+    """The newer of folder's LAST_CHECKPOINT and SHARDED_LAST_CHECKPOINT (by the time its last save completed),
+    or None when it holds neither."""
+    single, sharded = os.path.join(folder, LAST_CHECKPOINT), os.path.join(folder, SHARDED_LAST_CHECKPOINT)
+    markers = {single: single, sharded: os.path.join(sharded, POINTER)}  # the file a complete save ends with
+    done = {path: os.path.getmtime(marker) for path, marker in markers.items() if os.path.isfile(marker)}
+    return max(done, key=done.get) if done else None
 
 
 def find_resume(output_dir, resume=None):
-    """The checkpoint to resume from: resume (a file, or a folder holding LAST_CHECKPOINT), else output_dir's
-    LAST_CHECKPOINT when it exists, else None. A resume that names nothing is a ConfigError."""
+    """The checkpoint to resume from: resume (a file, a sharded checkpoint folder, or a run folder: its
+    last_checkpoint), else output_dir's last_checkpoint, else None. A resume that names nothing is a ConfigError."""
     if not resume:
-        path = os.path.join(output_dir, LAST_CHECKPOINT)
-        return path if os.path.isfile(path) else None
-    path = os.path.join(resume, LAST_CHECKPOINT) if os.path.isdir(resume) else resume
-    if not os.path.isfile(path):
-        raise ConfigError(f'--resume: no checkpoint at {path}')
+        return last_checkpoint(output_dir)
+    if is_sharded_checkpoint(resume):
+        found = os.path.isfile(os.path.join(resume, POINTER))
+        path = resume
+    else:
+        path = last_checkpoint(resume) if os.path.isdir(resume) else resume
+        found = path is not None and os.path.isfile(path)
+    if not found:
+        raise ConfigError(f'--resume: no checkpoint at {path or resume}')
     return path
 
 
