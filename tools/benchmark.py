@@ -137,20 +137,34 @@ def masked_baseline_forward(model, codes, labels):
     return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1).float(), targets.flatten())
 
 
-def bench_training(model, args, device, precision, baseline):
+def bench_training(model, args, device, precision, baseline=False):
+    """Training-step tokens/s of this project's forward and, when baseline, of the plain dense-mask one, their
+    steps interleaved (one after the other, repeats times) so that the machine's drift hits both alike: (ours,
+    plain or None)."""
     model.train()
     codes, labels = random_batch(model, args.train_batch_size, device)
     gen = torch.Generator(device).manual_seed(0)
 
-    def step():
+    def step(plain):
         with autocast(device, precision):
-            loss = masked_baseline_forward(model, codes, labels) if baseline else model(codes, labels, gen)[0]
+            loss = masked_baseline_forward(model, codes, labels) if plain else model(codes, labels, gen)[0]
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    seconds = timed(step, args.repeats)
+    kinds = [False, True] if baseline else [False]
+    times = {kind: [] for kind in kinds}
+    for kind in kinds:
+        step(kind)  # warm-up (compiles under --compile)
+    for _ in range(args.repeats):
+        for kind in kinds:
+            start = time.perf_counter()
+            step(kind)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            times[kind].append(time.perf_counter() - start)
     model.eval()
-    return args.train_batch_size * model.num_positions / seconds
+    rates = {kind: args.train_batch_size * model.num_positions / statistics.median(t) for kind, t in times.items()}
+    return rates[False], rates.get(True)
 
 
 def logit_agreement(model, device):
@@ -213,15 +227,14 @@ def main(argv=None):
                       f'({seconds / graphed:.2f}x the eager sampler, {baseline / graphed:.2f}x the baseline), '
                       f'{100 * flops / graphed / 1e9 / peak:.0f}% of peak')
         if not args.skip_training:
-            ours = bench_training(model, args, device, name, baseline=False)
-            plain = bench_training(model, args, device, name, baseline=True)
+            ours, plain = bench_training(model, args, device, name, baseline=True)
             print(f'[{name}] matmul peak {peak:.0f} GFLOP/s | training step (forward+backward, batch '
-                  f'{args.train_batch_size}, cached codes): {ours:.0f} tokens/s; plain dense-mask forward/backward '
-                  f'{plain:.0f} tokens/s')
+                  f'{args.train_batch_size}, cached codes, interleaved medians of {args.repeats}): {ours:.0f} '
+                  f'tokens/s; plain dense-mask forward/backward {plain:.0f} tokens/s ({ours / plain:.2f}x)')
             if args.compile:
                 start = time.perf_counter()
                 model.compile_for_training()
-                compiled = bench_training(model, args, device, name, baseline=False)  # warm-up compiles
+                compiled, _ = bench_training(model, args, device, name)  # its warm-up step compiles
                 step_seconds = args.train_batch_size * model.num_positions / compiled
                 compile_seconds = time.perf_counter() - start - (args.repeats + 1) * step_seconds
                 model.compiled_transformer = None
