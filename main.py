@@ -78,7 +78,8 @@ TRAIN_OPTIONS = {
     'compile': Option(bool, False, 'torch.compile the transformer for training steps (up to two minutes of '
                                    'compiling, then 1.1-1.4x faster steps on a CPU; see docs/benchmarks.md)'),
     'fsdp': Option(bool, False, 'shard weights, gradients, optimizer state and EMA over the torchrun processes '
-                                '(FSDP2); checkpoints become sharded checkpoint-last.dcp folders'),
+                                '(FSDP2; one process alone without torchrun); checkpoints become sharded '
+                                'checkpoint-last.dcp folders'),
     'grad_checkpointing': Option(bool, False, 'recompute each transformer block in the backward pass: '
                                               'activation memory of one block instead of all, one more forward'),
     # checkpoints and logs
@@ -172,9 +173,6 @@ def resolve_run(config):
     checked_autoencoder_weights(model.autoenc)
     if args['compile'] and not distributed.uses_cuda(args['device']):
         check_cpu_compiler()
-    if args['fsdp'] and 'WORLD_SIZE' not in os.environ:
-        raise ConfigError('args.fsdp shards over the processes of torchrun: start the run with `torchrun '
-                          '--nproc_per_node N main.py ...` (N >= 1), or leave fsdp off')
     if args['data_path'] is None:
         raise ConfigError('args.data_path is required (an ImageNet-layout folder or a built-in dataset name)')
     root = resolve_data_path(args['data_path'], args['builtin_root'])
@@ -492,7 +490,7 @@ def train(config):
     usable."""
     config, data_root = resolve_run(config)
     resume = read_resume(config)
-    dist = distributed.init_distributed(config['args']['device'])
+    dist = distributed.init_distributed(config['args']['device'], group_of_one=config['args']['fsdp'])
     try:
         trainer = Trainer(config, data_root, dist, resume)
         if dist.is_main:

@@ -19,13 +19,18 @@ def fake_steps():
     return [np.zeros((1, 1), np.int64), np.array([[1, 2], [2, 1]]), np.arange(16).reshape(4, 4) % 4 + 3]
 
 
-def fake_maps_figure():
+def fake_maps():
+    """(image, steps, probabilities, entropies) of a sample, as the maps figures take them."""
     rng = np.random.default_rng(0)
     probs = [rng.uniform(1e-5, 1, (s, s)) for s in SIDES]
     entropies = [rng.uniform(0, math.log(VOCAB), (s, s)) for s in SIDES]
     entropies[2][0, 0] = np.nan  # not drawn
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    return maps_figure(image, fake_steps(), probs, entropies, VOCAB)
+    return image, fake_steps(), probs, entropies
+
+
+def fake_maps_figure():
+    return maps_figure(*fake_maps(), VOCAB)
 
 
 def test_maps_figure_saves_png(tmp_path):
@@ -41,12 +46,8 @@ def test_maps_figure_saves_png(tmp_path):
 
 
 def test_maps_image_shows_every_map_in_its_panel():
-    rng = np.random.default_rng(0)
-    probs = [rng.uniform(1e-5, 1, (s, s)) for s in SIDES]
-    entropies = [rng.uniform(0, math.log(VOCAB), (s, s)) for s in SIDES]
-    entropies[2][0, 0] = np.nan  # not drawn
-    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    picture = maps_image(image, fake_steps(), probs, entropies, VOCAB, panel=96)
+    image, steps, probs, entropies = fake_maps()
+    picture = maps_image(image, steps, probs, entropies, VOCAB, panel=96)
     line, column = 20, 104  # a text line; a panel and its gap
     rows = [96 + 2 * line + i * (96 + line) for i in range(3)]  # top of each row of panels
     assert picture.shape == (96 + line + 3 * (line + 96), 3 * column + 12 + 60, 3)

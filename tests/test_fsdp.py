@@ -29,6 +29,8 @@ def runs(tmp_path_factory):
     they are, with gradient checkpointing, and accumulating 2 micro-batches beside two DDP processes that do: a
     micro-batch draws its own block sizes, so accumulation is compared at the same split)."""
     d = tmp_path_factory.mktemp('fsdp')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun processes: the same sums in the same order
     write_tiny_run(d, 'tiny.yaml', (4, 2), model=dict(random_block_size=True, random_replace=0.1),
                    args=dict(warmup_epochs=0.5, ema=0.9, clip_grad=1.0))
     for name, steps in (('plain', 2 * STEPS), (f'plain_{STEPS}', STEPS)):
@@ -37,7 +39,8 @@ def runs(tmp_path_factory):
                         ('fsdp_accum', ['--fsdp', '--grad_accum_steps', '2']),
                         ('ddp_accum', ['--grad_accum_steps', '2'])):
         torchrun(d, d / name, 2, '--batch_size', '4', '--max_steps', str(STEPS), *flags)
-    return d
+    yield d
+    torch.set_num_threads(threads)
 
 
 def torchrun(d, out, processes, *flags):
@@ -100,12 +103,16 @@ def test_sharded_checkpoint_resumes_at_another_world_size_and_samples(runs):
     assert model.sample(SampleSettings(steps_per_scale=2), labels=[3], seeds=[0]).codes[-1].shape == (1, 4, 4)
 
 
-def test_fsdp_without_torchrun_is_one_line(runs, capsys):
-    with pytest.raises(SystemExit) as e:
-        train_main.main(['--config', str(runs / 'tiny.yaml'), '--output_dir', str(runs / 'never'), '--fsdp'])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and 'torchrun' in err[0], err
-    assert not (runs / 'never').exists()
+def test_fsdp_in_one_process_without_torchrun(runs):
+    """--fsdp alone (a process group of one) trains the plain run's model and writes a sharded checkpoint."""
+    out = runs / 'alone'
+    train_main.main(['--config', str(runs / 'tiny.yaml'), '--output_dir', str(out), '--max_steps', str(STEPS),
+                     '--fsdp', '--grad_checkpointing'])
+    assert not torch.distributed.is_initialized()  # the group is gone with the run
+    for (_, l1), (_, l2) in zip(losses(runs / f'plain_{STEPS}'), losses(out)):
+        assert abs(l1 - l2) < 1e-5
+    assert_same_weights(load_checkpoint(runs / f'plain_{STEPS}' / 'checkpoint-last.pth')['model'],
+                        read_sharded(out / 'checkpoint-last.dcp')['model'])
 
 
 def small_save(folder, value, step):

@@ -395,7 +395,11 @@ def test_sampler_follows_a_per_scale_schedule(tmp_path):
     assert out.num_steps == serial_steps(model.sides, [1, 2, 3, 8, 16]) == 31
 
 
-@pytest.mark.parametrize('variant', SAMPLING_VARIANTS, ids=lambda v: ','.join(v) or 'base')
+PYRAMID_ORDERS = [dict(scan_order='raster'), dict(scan_order='random')]  # the ablations' other pyramid orders
+
+
+@pytest.mark.parametrize('variant', SAMPLING_VARIANTS + PYRAMID_ORDERS,
+                         ids=lambda v: ','.join(f'{k}={v[k]}' if k == 'scan_order' else k for k in v) or 'base')
 def test_likelihood_equals_the_forced_sampler(tmp_path, variant):
     """The teacher-forced likelihood under a schedule equals the log-probabilities that the sampler records
     when it is forced to the same codes step by step (an independent computation, through the KV cache)."""

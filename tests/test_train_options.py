@@ -1,4 +1,4 @@
-"""Every option of main.TRAIN_OPTIONS reaches what it configures: three tiny runs set each option to a
+"""Every option of main.TRAIN_OPTIONS reaches what it configures: four tiny runs set each option to a
 non-default value, and CHECKS maps each option to a check of the Trainer, the files written, the log, the
 checkpoint, or a spy on the function the option configures."""
 import collections
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 import main
 from conftest import ROOT, write_tiny_run
@@ -26,10 +27,13 @@ from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, load_checkpoint
 from util.config import ConfigError
 from util.schedule import OPTIMIZERS
+from util.sharded_checkpoint import read_sharded
+from util.sharding import is_sharded
 
 AE_TRAIN_CONFIG = os.path.join(ROOT, 'train_ae_codebook', 'configs', 'demo.yaml')
 AE_OUTPUT = 'autoenc'  # the tiny autoencoder's training folder, relative to the test folder
 STEPS_PER_EPOCH = 5  # 40 training images (4 per class), batch 8
+RUNS = ('full', 'stepped', 'resumed', 'sharded')
 
 
 def run_args(folder):
@@ -53,6 +57,11 @@ def run_args(folder):
         'resumed': {**stepped, 'create_cache': False, 'use_cache': True, 'resume': str(folder / 'trusted'),
                     'unsafe_load': True, 'precision': 'bf16', 'compile': True, 'max_steps': 8,
                     'output_dir': str(folder / 'resumed')},
+        # one epoch sharded (FSDP in a process group of one), recomputing each block in the backward pass, then
+        # evaluated (on a whole copy of the sharded weights)
+        'sharded': dict(fsdp=True, grad_checkpointing=True, epochs=1, eval_freq=1, eval_num_samples=4,
+                        eval_batch_size=4, probe_epochs=1, probe_max_images=10, probe_image_size=16,
+                        output_dir=str(folder / 'sharded')),
     }
 
 
@@ -110,7 +119,7 @@ class Runs:
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-    """The three runs, with spies on the functions the options configure."""
+    """The runs, with spies on the functions the options configure."""
     folder = tmp_path_factory.mktemp('options')
     calls = Calls()
     with pytest.MonkeyPatch.context() as mp:
@@ -127,6 +136,7 @@ def runs(tmp_path_factory):
         calls.spy(mp, main, 'save_checkpoint')
         calls.spy(mp, distributed, 'init_distributed')
         calls.spy(mp, torch.nn.utils, 'clip_grad_norm_')
+        calls.spy(mp, torch.utils.checkpoint, 'checkpoint')
         calls.spy(mp, sample_quality, 'draw_samples')
         calls.spy(mp, sample_quality, 'train_probe')
         # torch-fidelity needs Inception weights from the network
@@ -316,6 +326,21 @@ def check_compile(runs):
     assert runs.calls('compile_for_training', 'full') == runs.calls('compile_for_training', 'stepped') == []
 
 
+def check_fsdp(runs):
+    """The sharded run's weights are sharded, its checkpoint is a sharded folder holding its epoch, and it was
+    evaluated; the others train whole weights."""
+    assert is_sharded(runs.trainer('sharded').model)
+    assert read_sharded(os.path.join(runs.out('sharded'), 'checkpoint-last.dcp'))['step'] == STEPS_PER_EPOCH
+    assert any(sample_quality.EVAL_PREFIX + 'class_consistency' in r for r in runs.log('sharded'))
+    assert not any(is_sharded(runs.trainer(run).model) for run in ('full', 'stepped', 'resumed'))
+
+
+def check_grad_checkpointing(runs):
+    """The sharded run recomputes each of the 2 blocks in each of its steps; the others keep activations."""
+    assert len(runs.calls('checkpoint', 'sharded')) == 2 * STEPS_PER_EPOCH
+    assert all(runs.calls('checkpoint', run) == [] for run in ('full', 'stepped', 'resumed'))
+
+
 def check_output_dir(runs):
     """The full run writes its checkpoint, config and log into output_dir."""
     for name in ('checkpoint-last.pth', 'config.yaml', 'log.jsonl'):
@@ -452,6 +477,8 @@ CHECKS = {
     'seed': check_seed,
     'device': check_device,
     'compile': check_compile,
+    'fsdp': check_fsdp,
+    'grad_checkpointing': check_grad_checkpointing,
     'output_dir': check_output_dir,
     'resume': check_resume,
     'save_every_steps': check_save_every_steps,
@@ -480,7 +507,7 @@ def test_every_option_has_a_check():
 
 def test_every_option_is_set_to_a_non_default_value(runs):
     for option, schema in main.TRAIN_OPTIONS.items():
-        assert any(runs.args(run)[option] != schema.default for run in ('full', 'stepped', 'resumed')), option
+        assert any(runs.args(run)[option] != schema.default for run in RUNS), option
 
 
 @pytest.mark.parametrize('option', sorted(CHECKS))

@@ -27,8 +27,9 @@ def uses_cuda(device=None):
     return torch.cuda.is_available() if device is None else str(device).startswith('cuda')
 
 
-def init_distributed(device=None):
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group under torchrun.
+def init_distributed(device=None, group_of_one=False):
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group under torchrun;
+    outside torchrun, a group of this process alone when group_of_one (what FSDP needs to run on one device).
 
     device: 'cpu', 'cuda' or None (GPU when available). Each rank takes GPU local_rank."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -39,8 +40,11 @@ def init_distributed(device=None):
         dev = torch.device('cuda', local_rank)
     else:
         dev = torch.device('cpu')
+    backend = 'nccl' if use_cuda else 'gloo'
     if 'WORLD_SIZE' in os.environ and not dist.is_initialized():  # torchrun, even with one process
-        dist.init_process_group('nccl' if use_cuda else 'gloo', rank=rank, world_size=world_size)
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    elif group_of_one and not dist.is_initialized():
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistInfo(rank, world_size, local_rank, dev)
 
 
