@@ -36,7 +36,7 @@ from util.batches import GlobalBatchSampler
 from util.checkpoint import CheckpointError, check_same_model, load_checkpoint, load_resumed_weights, save_checkpoint
 from util.config import ConfigError, Option, config_text, load_config, write_yaml
 from util.precision import PRECISIONS, autocast, check_precision, resolve_precision
-from util.provenance import file_sha256
+from util.provenance import file_sha256, machine
 from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, SHARDED_LAST_CHECKPOINT, check_finite,
                           exit_on_error, find_resume, kept_checkpoint, last_checkpoint)
 from util.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
@@ -257,6 +257,7 @@ class Trainer:
         self.train_gen = torch.Generator(self.device).manual_seed(args['seed'])  # same on every rank
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.earlier_seconds = 0.0  # training wall time of the sessions before this one (None: not recorded)
+        self.earlier_sessions = []  # where and how the sessions before this one trained (train_sessions)
         if resume is not None:
             self.resume(*resume)
         self.log = RunLog(args['output_dir'], enabled=dist.is_main, name=LOG_FILE)
@@ -295,7 +296,8 @@ class Trainer:
                 'step': self.step, 'batch_in_epoch': self.batch_in_epoch,
                 'scheduler': self.scheduler.state_dict(), 'rng': rng_states(self.train_gen),
                 'config': config_record(self.config), 'autoenc_config': self.autoenc_config.to_published(),
-                'autoenc_sha256': self.autoenc_sha256, 'train_seconds': self.train_seconds()}
+                'autoenc_sha256': self.autoenc_sha256, 'train_seconds': self.train_seconds(),
+                'train_sessions': self.earlier_sessions + [self.session_record]}
 
     def state(self):
         """The single-file checkpoint."""
@@ -338,6 +340,9 @@ class Trainer:
         self.scheduler.load_state_dict(ck['scheduler'])
         self.step, self.epoch, self.batch_in_epoch = ck['step'], ck['epoch'], ck['batch_in_epoch']
         self.earlier_seconds = ck.get('train_seconds')
+        # a checkpoint from before sessions were recorded: one session of unknown machine and precision
+        self.earlier_sessions = list(ck.get('train_sessions') or [
+            {'first_step': 0, 'machine': None, 'precision': None, 'processes': None}])
         self.train_gen.set_state(ck['rng']['train'].to(self.train_gen.get_state().device))
         if self.dist.world_size == 1:  # rank 0's global state is saved; other ranks keep their seeding
             torch.set_rng_state(ck['rng']['torch'])
@@ -384,6 +389,8 @@ class Trainer:
         args = self.args
         tokens_per_image = self.model.num_positions
         self.session_start = time.perf_counter()
+        self.session_record = {'first_step': self.step, 'machine': machine(self.device), 'precision': self.precision,
+                               'processes': self.dist.world_size}
         self.say(f'{len(self.dataset)} training items, global batch {self.sampler.global_batch} '
                  f'({self.dist.world_size} process(es)), {self.sampler.batches_per_epoch} steps/epoch, '
                  f'lr {self.lr:.3g}, precision {self.precision}, device {self.device}')

@@ -317,10 +317,12 @@ def checkpoint_status(config, autoencoder_sha256):
 
 
 def recorded_training(config):
-    """{'train_steps', 'train_seconds'} of the run's last checkpoint: its optimizer steps and its training wall
-    time, every session summed (None for checkpoints written before 2026-12-03)."""
+    """{'train_steps', 'train_seconds', 'train_sessions'} of the run's last checkpoint: its optimizer steps, its
+    training wall time, every session summed (None for checkpoints written before 2026-12-03), and each session's
+    machine, resolved precision, processes and first step (None for checkpoints written before 2026-12-06)."""
     state = load_checkpoint(os.path.join(config['args']['output_dir'], LAST_CHECKPOINT))
-    return {'train_steps': state['step'], 'train_seconds': state.get('train_seconds')}
+    return {'train_steps': state['step'], 'train_seconds': state.get('train_seconds'),
+            'train_sessions': state.get('train_sessions')}
 
 
 def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling, path):

@@ -130,7 +130,9 @@ def aggregate(results, sweep, times=None):
         runs = [paired[name] for name in names]
         versions = sorted({short_version((run.get('provenance') or {}).get('code')) for run in runs})
         machines = {name: (run.get('provenance') or {}).get('machine') for name, run in zip(names, runs)}
+        trained = {name: (run.get('provenance') or {}).get('train_sessions') for name, run in zip(names, runs)}
         table[variant] = {'reference': reference[variant], 'versions': versions, 'machines': machines,
+                          'trained': trained,
                           'training': training_summary(runs)}
         for part, metrics in AGGREGATED.items():
             metrics = metrics + tuple(f'{m}_minus_reference' for m in PAIRED[part])
@@ -212,6 +214,25 @@ def machines_line(table):
             'runs)' + ''.join(f'; {machine}: {", ".join(names)}' for machine, names in others) + '.')
 
 
+def training_line(table):
+    """How the runs were trained, from the sessions their checkpoints recorded: each machine and resolved precision
+    with its runs, and the runs (or sessions) that did not record it."""
+    by_setting, unknown = {}, []
+    for parts in table.values():
+        for name, sessions in (parts.get('trained') or {}).items():
+            for session in sessions or [{}]:
+                if session.get('machine') is None:
+                    unknown.append(name)
+                else:
+                    setting = f"{session['machine']}, {session['precision']}"
+                    by_setting.setdefault(setting, []).append(name)
+    line = 'Trained on: ' + ('; '.join(f'{setting} ({", ".join(dict.fromkeys(names))})'
+                                       for setting, names in by_setting.items()) or 'no runs recorded it')
+    if unknown:
+        line += f'; not recorded (trained before runs recorded it): {", ".join(dict.fromkeys(unknown))}'
+    return line + '.'
+
+
 def markdown(table, sweep, real, times=None):
     """results.md: the likelihood and sample tables, the ceiling row, the code versions and the machines. real:
     ceiling(); times: the sampling times taken alone (main_sweep.timed_alone) or None."""
@@ -222,7 +243,7 @@ def markdown(table, sweep, real, times=None):
     lines = [f'Variants of `{sweep["base"]}`, training seeds {seeds} (the runs finished so far); mean ± standard '
              'deviation over the seeds. "Minus the reference": each run minus the run of the same seed of the '
              f'sweep\'s first variant with the same pyramid ({pairs or "none"}). Code versions measured with: '
-             f'{versions or "none"}. {machines_line(table)}', '']
+             f'{versions or "none"}. {machines_line(table)} {training_line(table)}', '']
 
     def table_lines(part, columns):
         columns = [c for c in columns if any(c[0] in row for parts in table.values() for row in parts[part])]

@@ -277,11 +277,14 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     order): the paired Frechet is the per-seed difference at the same schedule, its mean and standard deviation
     over seeds are those of (2, 4) and (-1, -3); the ceiling row holds the real-against-real figures; the training
     table states the compute and the mean training hours of the runs that recorded them; the machines line names
-    the run measured on another machine."""
+    the run measured on another machine, the training line each training machine and precision and the run that
+    did not record them."""
     def run(frechet_by_schedule, consistency, seed, train_seconds, machine='Xeon'):
+        sessions = None if train_seconds is None else [{'first_step': 0, 'machine': machine, 'precision': 'fp32',
+                                                         'processes': 1}]
         return {'sides': [1, 2], 'likelihood': [], 'training': {'args': {'epochs': 3}},
                 'provenance': {'code': {'commit': f'{seed}234567abc', 'clean': seed == 0}, 'train_steps': 12,
-                               'train_seconds': train_seconds, 'machine': machine},
+                               'train_seconds': train_seconds, 'machine': machine, 'train_sessions': sessions},
                 'ceiling': {'real_class_consistency': 0.98, 'frechet_real': 1.5, 'two_sample_accuracy_real': 0.52},
                 'samples': [{'schedule': s, 'serial_steps': s * 2, 'frechet': f, 'class_consistency': consistency}
                             for s, f in frechet_by_schedule]}
@@ -303,6 +306,8 @@ def test_paired_frechet_and_the_ceiling_by_hand():
     assert ceiling_row.split(' | ')[3:5] == ['0.980', '–'] and '1.50' in ceiling_row
     assert 'ref: 0234567, 1234567+changes' in text
     assert 'resumed elsewhere): Xeon (3 runs); EPYC: var-seed1.' in text
+    assert ('Trained on: Xeon, fp32 (ref-seed0, ref-seed1); EPYC, fp32 (var-seed1); not recorded (trained before '
+            'runs recorded it): var-seed0.') in text
     assert table['ref']['training']['hours_std'] == pytest.approx(0.5 ** 0.5)  # std of 1 and 2 hours
     assert '| ref | 3 | 5 | 15 | 12 | 1.50 ± 0.71 |' in text  # 3 epochs x 5 tokens (sides 1, 2)
     assert '| var | 3 | 5 | 15 | 12 | 1.50 |' in text  # the one run that recorded its time

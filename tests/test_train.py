@@ -112,6 +112,21 @@ def test_training_time_adds_up_over_a_resume(setup):
     assert load_checkpoint(path)['train_seconds'] is None
 
 
+def test_sessions_record_their_machine_and_precision(setup):
+    """Each session of a run records where and how it trained; a checkpoint from before that record keeps its
+    earlier sessions as unknown."""
+    out = setup / 'sessions'
+    run(setup, out, '--max_steps', '2')
+    run(setup, out, '--max_steps', '3')
+    path = out / 'checkpoint-last.pth'
+    sessions = load_checkpoint(path)['train_sessions']
+    assert [s['first_step'] for s in sessions] == [0, 2]
+    assert all(s['precision'] == 'fp32' and s['processes'] == 1 and 'torch thread' in s['machine'] for s in sessions)
+    torch.save({k: v for k, v in load_checkpoint(path).items() if k != 'train_sessions'}, path)
+    run(setup, out, '--max_steps', '4')
+    assert [s['machine'] is None for s in load_checkpoint(path)['train_sessions']] == [True, False]
+
+
 def folder_state(folder):
     """{file: bytes} of everything under folder."""
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
