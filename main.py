@@ -1,8 +1,9 @@
 """Train a checkerboard generator: python main.py --config configs/X.yaml [--key value ...]
 
-One process on CPU or one GPU; `torchrun --nproc_per_node N main.py --config ...` for DDP. The loop: data
-(images or the token cache), DDP, bf16 autocast, AdamW, timm schedule and EMA, gradient accumulation and
-clipping, atomic checkpoints, exact resume, inline evaluation (evaluation.sample_quality.evaluate_generator).
+One process on CPU or one GPU; `torchrun --nproc_per_node N main.py --config ...` for DDP, or with --fsdp
+for FSDP2 (util/sharding.py; sharded checkpoints: util/sharded_checkpoint.py). The loop: data (images or the token
+cache), DDP or FSDP, bf16 autocast, activation checkpointing, AdamW, timm schedule and EMA, gradient accumulation
+and clipping, atomic checkpoints, exact resume, inline evaluation (evaluation.sample_quality.evaluate_generator).
 `args:` keys of the config (and flags) are listed below; dotted flags override `model:` keys."""
 import argparse
 import contextlib
@@ -39,10 +40,10 @@ from util.precision import PRECISIONS, autocast, check_precision, resolve_precis
 from util.provenance import file_sha256, machine
 from util.run_dir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, SHARDED_LAST_CHECKPOINT, check_finite,
                           exit_on_error, find_resume, kept_checkpoint, last_checkpoint)
-from util.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
-from util.sharding import full_state_dict, shard_generator, total_norm
 from util.run_log import RunLog
 from util.schedule import OPTIMIZERS, SCHEDULES, base_lr, build_optimizer, build_scheduler
+from util.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
+from util.sharding import full_state_dict, shard_generator, total_norm
 
 AUTOENC_PATHS = ('autoenc.config_path', 'autoenc.checkpoint_path')  # may move between runs: not the model
 
@@ -243,9 +244,8 @@ class Trainer:
         # cannot mix the sharded tensors with the whole ones of the frozen autoencoder)
         self.ema = ModelEmaV3(self.model, decay=args['ema'], foreach=not args['fsdp']) if args['ema'] > 0 else None
         if args['fsdp']:
-            for module in (self.model, self.ema.module if self.ema else None):
-                if module is not None:
-                    shard_generator(module, self.precision)
+            for module in [self.model] + ([self.ema.module] if self.ema else []):
+                shard_generator(module, self.precision)
         self.lr = base_lr(args, self.sampler.global_batch)
         self.optimizer = build_optimizer(args['optimizer'], self.model, self.lr, args['weight_decay'])
         self.scheduler = build_scheduler(self.optimizer, args, self.sampler.batches_per_epoch)

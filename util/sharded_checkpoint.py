@@ -76,8 +76,8 @@ class SafePlanner(DefaultLoadPlanner):
 
 def load_state(state, path, no_dist=None):
     """dcp.load of the save at path into state (in place), read safely, by every rank (no_dist: by this process
-    alone; default: when there is no process group); a failure on any rank (a bad or
-    truncated file, data that is not plain) is one CheckpointError naming the file."""
+    alone; default: when there is no process group); a failure on any rank (a bad or truncated file, data that
+    is not plain) is one CheckpointError naming the file."""
     try:
         dcp.load(state, storage_reader=SafeReader(path), planner=SafePlanner(),
                  no_dist=not distributed.is_initialized() if no_dist is None else no_dist)

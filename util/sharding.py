@@ -32,10 +32,7 @@ def is_sharded(module):
 
 
 def full_state_dict(module):
-    """The whole state dict of a module, sharded or not, as plain tensors on every rank (a collective when
-    sharded)."""
-    if not is_sharded(module):
-        return module.state_dict()
+    """The whole state dict of a sharded module, as plain tensors on every rank (a collective)."""
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
 
 
