@@ -377,18 +377,11 @@ def parse_args(argv):
     p.add_argument('--precision', choices=['auto', *PRECISIONS], default='fp32',
                    help='transformer precision (auto: bf16 where the CPU or GPU multiplies bf16 natively, else '
                         'fp32; fp32 gives exactly the images of main_sample.py at its default)')
-    p.add_argument('--max_batch_images', type=positive, default=256,
+    p.add_argument('--max_batch_images', type=main_sample.bounded(int, 1), default=256,
                    help='the most images sampled in one batch of concurrent requests')
-    p.add_argument('--max_queue', type=positive, default=64,
+    p.add_argument('--max_queue', type=main_sample.bounded(int, 1), default=64,
                    help='the most requests waiting for the model; beyond it a request is told the queue is full')
     return p.parse_args(argv)
-
-
-def positive(text):
-    """argparse type: a whole number >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f'must be a whole number >= 1, got {text!r}')
-    return int(text)
 
 
 def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_images=256, max_queue=64):
