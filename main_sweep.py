@@ -10,7 +10,9 @@ RESULTS_DIR/runs/<variant>-seed<seed>.json (default RESULTS_DIR: OUTPUT_DIR) wit
 version, the sha256 of the autoencoder and of the class probe, the resolved training config, the evaluation
 settings, torch's version, the machine, and the wall time of training and of every measurement:
 - the exact negative log-likelihood of held-out codes (the val split, ADM center crop; models.likelihood)
-  under every likelihood schedule, in bits per image and per scale;
+  under every likelihood schedule, in bits per image and per scale; for the splits in
+  evaluation.likelihood_views, the same of a seeded subset of that split's images as training sees them (one
+  TenCrop view each): train views against val views tell overfitting from the rest;
 - sample quality at every sample schedule (evaluation.sample_quality.probe_report, evaluation.two_sample):
   class consistency, the probe's Frechet distance, precision and recall in its feature space, the held-out
   accuracy of a classifier told to separate the samples from real val images, the sampling time per image,
@@ -21,10 +23,11 @@ A stored run is reused only when its autoencoder, probe, resolved config and eva
 sweep's; otherwise the sweep stops with one line saying what differs: --remeasure measures the runs' existing
 checkpoints again (no retraining), or choose another results_dir. A finished checkpoint is evaluated only when
 its own config and autoencoder are the run's. Portability: when the sweep trains its autoencoder
-(args.autoenc_train_config of the base config), its weights and config are kept in RESULTS_DIR/autoencoder/ and
-every run uses that copy, and the class probe is kept as RESULTS_DIR/class_probe.pth; with these two files
-committed beside the figures, a clone resumes the sweep on another machine without retraining either
-(docs/design.md). --tables_only rewrites the tables and plots from the stored runs without checking them.
+(args.autoenc_train_config of the base config), its weights and config are kept in ASSETS_DIR/autoencoder/ and
+every run uses that copy, and the class probe is kept as ASSETS_DIR/class_probe.pth (default ASSETS_DIR:
+RESULTS_DIR; another sweep's results folder shares its files); with these two files committed beside the figures,
+a clone resumes the sweep on another machine without retraining either (docs/design.md). --tables_only rewrites
+the tables and plots from the stored runs without checking them.
 --retime times sampling again, for the sampling-time axis: the runs' in-sweep times are taken while other runs
 train. It times every variant that has a stored run at each of its sample schedules in one process, interleaved
 (evaluation.sampling_time), with its run's resolved model config, random weights (the time does not depend on
@@ -74,10 +77,11 @@ from util.images import from_uint8, save_png
 from util.provenance import code_version, file_sha256, machine, short_version, software
 from util.run_dir import LAST_CHECKPOINT, exit_on_error
 
-SWEEP_KEYS = ('base', 'output_dir', 'results_dir', 'seeds', 'variants', 'evaluation')
+SWEEP_KEYS = ('base', 'output_dir', 'results_dir', 'assets_dir', 'seeds', 'variants', 'evaluation')
 EVALUATION = {  # key: default
     'likelihood_schedules': [1, 2, 4, 8, 16, 64],  # a schedule: steps for every scale, or a list, one per scale
     'likelihood_images': 1000,  # held-out val images (a seeded subset)
+    'likelihood_views': [],  # splits (train, val) also measured as training sees them: a TenCrop view each
     'sample_schedules': [1, 4],
     'num_samples': 500,
     'batch_size': 100,
@@ -90,6 +94,7 @@ EVALUATION = {  # key: default
     'inception_weights': None,
 }
 POSITIVE = ('likelihood_images', 'num_samples', 'batch_size', 'probe_epochs')
+VIEW_SPLITS = ('train', 'val')
 PER_VARIANT = ('likelihood_schedules', 'sample_schedules')  # evaluation keys a variant may override
 AUTOENCODER_PATHS = ('model.autoenc.config_path', 'model.autoenc.checkpoint_path')  # where, not what: not compared
 TIMES_FILE = 'sampling_times.json'  # in RESULTS_DIR, written by --retime
@@ -117,9 +122,14 @@ def read_sweep(path):
     sweep.setdefault('seeds', [0])
     sweep.setdefault('output_dir', os.path.join('outputs', os.path.splitext(os.path.basename(path))[0]))
     sweep.setdefault('results_dir', sweep['output_dir'])
+    sweep.setdefault('assets_dir', sweep['results_dir'])
     if not isinstance(sweep['variants'], dict) or not all(isinstance(v or {}, dict)
                                                           for v in sweep['variants'].values()):
         raise ConfigError(f'{path}: variants must map a name to its overrides ({{model.scan_order: raster}})')
+    views = sweep['evaluation']['likelihood_views']
+    if not isinstance(views, list) or not set(views) <= set(VIEW_SPLITS) or len(set(views)) < len(views):
+        raise ConfigError(f'{path}: evaluation.likelihood_views must list splits of {", ".join(VIEW_SPLITS)} '
+                          f'at most once each, got {views!r}')
     for variant, overrides in sweep['variants'].items():
         evaluation = {k[len('evaluation.'):] for k in overrides or {} if k.startswith('evaluation.')}
         check_keys(evaluation, PER_VARIANT, f'variants.{variant}.evaluation', source=path)
@@ -156,12 +166,12 @@ def sweep_sample_settings(settings, schedule):
 
 def prepare_autoencoder(sweep, configs):
     """The run configs with the autoencoder they use. When the base config trains its autoencoder
-    (args.autoenc_train_config), its weights and config are kept in RESULTS_DIR/autoencoder/ (trained and
+    (args.autoenc_train_config), its weights and config are kept in ASSETS_DIR/autoencoder/ (trained and
     copied there when missing) and every run uses that copy."""
     first = next(iter(configs.values()))
     if not first['args']['autoenc_train_config']:
         return configs
-    folder = os.path.join(sweep['results_dir'], 'autoencoder')
+    folder = os.path.join(sweep['assets_dir'], 'autoencoder')
     weights, config_file = os.path.join(folder, 'checkpoint.pth'), os.path.join(folder, 'autoencoder_config.yaml')
     if not os.path.isfile(weights):
         files = train_main.ensure_autoencoder(first)['model'].autoenc
@@ -172,10 +182,10 @@ def prepare_autoencoder(sweep, configs):
 
 
 def probe_path(sweep, data_root, data_roots):
-    """RESULTS_DIR/class_probe.pth, or class_probe-<dataset folder>.pth when the runs use several datasets."""
+    """ASSETS_DIR/class_probe.pth, or class_probe-<dataset folder>.pth when the runs use several datasets."""
     if len(set(data_roots)) == 1:
-        return os.path.join(sweep['results_dir'], 'class_probe.pth')
-    return os.path.join(sweep['results_dir'], f'class_probe-{os.path.basename(os.path.normpath(data_root))}.pth')
+        return os.path.join(sweep['assets_dir'], 'class_probe.pth')
+    return os.path.join(sweep['assets_dir'], f'class_probe-{os.path.basename(os.path.normpath(data_root))}.pth')
 
 
 def real_ceiling(data_root, img_size, settings, device):
@@ -191,10 +201,11 @@ def real_ceiling(data_root, img_size, settings, device):
 
 # ---- measurements ------------------------------------------------------------------------------------------
 
-def heldout_codes(model, data_root, settings):
-    """Codes [(N, s, s)] and labels (N,) of a seeded subset of data_root/val, ADM center-cropped."""
-    images, labels, _ = load_real_images(data_root, 'val', model.img_size, settings['likelihood_images'],
-                                         settings['seed'], log=lambda message: None)
+def image_codes(model, data_root, settings, split='val', views=False):
+    """Codes [(N, s, s)] and labels (N,) of a seeded subset of data_root/split, ADM center-cropped, or with
+    views, each image in one of the TenCrop views that training draws from."""
+    images, labels, _ = load_real_images(data_root, split, model.img_size, settings['likelihood_images'],
+                                         settings['seed'], log=lambda message: None, views=views)
     x = from_uint8(images)  # (N, 3, S, S)
     parts = [model.codes_from_images(x[i:i + 256].to(model.seq_positions.device)) for i in range(0, len(x), 256)]
     return [torch.cat(scale) for scale in zip(*parts)], torch.from_numpy(labels)
@@ -287,9 +298,10 @@ def stale_reason(stored, expected):
     difference = first_difference(stored.get('training'), expected['training'])
     if difference:
         return f'another training config ({difference[0]}: {difference[1]!r} there, {difference[2]!r} now)'
-    if stored.get('settings') != expected['settings']:
-        changed = sorted(k for k in {**stored.get('settings', {}), **expected['settings']}
-                         if stored.get('settings', {}).get(k) != expected['settings'].get(k))
+    settings = {**EVALUATION, **stored.get('settings', {})}  # a key added since: measured with its default
+    if settings != expected['settings']:
+        changed = sorted(k for k in {**settings, **expected['settings']}
+                         if settings.get(k) != expected['settings'].get(k))
         return f'other evaluation settings ({", ".join(changed)})'
     if provenance.get('probe_sha256') != expected['provenance']['probe_sha256']:
         return another('probe_sha256', 'class probe')
@@ -330,9 +342,13 @@ def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling
     folder = config['args']['output_dir']
     start = time.perf_counter()
     model = load_generator(os.path.join(folder, LAST_CHECKPOINT), use_ema=bool(config['args']['ema']), device=device)
-    codes, labels = heldout_codes(model, data_root, settings)
-    likelihoods = [likelihood(model, codes, labels, s, settings['batch_size'])
-                   for s in settings['likelihood_schedules']]
+
+    def likelihoods(codes, labels):
+        return [likelihood(model, codes, labels, s, settings['batch_size']) for s in settings['likelihood_schedules']]
+
+    heldout = likelihoods(*image_codes(model, data_root, settings))
+    as_trained = {split: likelihoods(*image_codes(model, data_root, settings, split, views=True))
+                  for split in settings['likelihood_views']}
     samples, real = [], dict(ceiling)
     real_images = None  # val set A of the two-sample test, read once for every schedule
     if settings['two_sample_epochs'] and settings['sample_schedules']:
@@ -345,7 +361,9 @@ def evaluate_run(config, settings, data_root, probe, device, provenance, ceiling
     result = {'settings': settings, 'training': training_record(config), 'sides': model.sides,
               'provenance': {**provenance, 'software': software(), 'machine': machine(device),
                              'data_root': data_root, 'measure_seconds': time.perf_counter() - start},
-              'ceiling': real, 'likelihood': likelihoods, 'samples': samples}
+              'ceiling': real, 'likelihood': heldout, 'samples': samples}
+    if as_trained:
+        result['likelihood_views'] = as_trained
     with atomic_write(path, 'w') as f:
         json.dump(result, f, indent=1)
     return result

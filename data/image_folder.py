@@ -13,7 +13,6 @@ DataLoader workers each worker enforces the fraction on its own.
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 import torch
@@ -138,15 +137,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return self.transform(image, view=view_index(self.seed, self.epoch, index)), label, index
 
 
-def _read_image(path, image_size):
+def _read_image(path, image_size, view=None):
+    """uint8 (S, S, 3): the ADM center crop, or TenCrop view `view` of the training augmentation."""
     with Image.open(path) as image:
-        return np.asarray(center_crop_arr(image.convert('RGB'), image_size))  # (S, S, 3)
+        if view is None:
+            return np.asarray(center_crop_arr(image.convert('RGB'), image_size))
+        return np.asarray(TenCropView(image_size).ten_crops(image)[view])
 
 
-def load_real_images(root, split, image_size, max_images=None, seed=0, log=print):
+def load_real_images(root, split, image_size, max_images=None, seed=0, log=print, views=False):
     """(uint8 array (N, S, S, 3), labels (N,), classes) of root/split, ADM center-cropped; unreadable files skipped.
 
     max_images: read only a random subset of this many files (seeded), in random order.
+    views: instead of the center crop, one of the views that training draws from (TenCrop of the ADM 1.1x crop),
+    image i's view_index(seed, 0, i).
     """
     classes, samples = scan_image_folder(root, split)
     if max_images is not None:
@@ -156,6 +160,8 @@ def load_real_images(root, split, image_size, max_images=None, seed=0, log=print
     if bad:
         log(f'skipping {len(bad)} unreadable image(s) under {root}/{split}, e.g. {next(iter(bad))}')
     samples = [(path, label) for path, label in samples if path not in bad]
+    paths = [path for path, _ in samples]
+    chosen = [view_index(seed, 0, i) if views else None for i in range(len(paths))]
     with ThreadPoolExecutor() as pool:  # PIL decodes without the GIL
-        images = list(pool.map(partial(_read_image, image_size=image_size), [path for path, _ in samples]))
+        images = list(pool.map(lambda path, view: _read_image(path, image_size, view), paths, chosen))
     return np.stack(images), np.array([label for _, label in samples], dtype=np.int64), classes

@@ -17,6 +17,11 @@ AGGREGATED = {'likelihood': ('bits_per_image', 'bits_per_image_se', 'top_scale_b
                              'seconds'),
               'samples': ('class_consistency', 'frechet', 'precision', 'recall', 'two_sample_accuracy', 'fid', 'isc',
                           'seconds_per_image')}
+# main_sweep's likelihood_views: {split: likelihood rows of that split's images as training sees them}, each made a
+# likelihood part of its own, with the likelihood's figures
+VIEW_PARTS = {'train': 'likelihood_train_views', 'val': 'likelihood_val_views'}
+VIEW_TITLES = {'likelihood_train_views': 'training images as training sees them (one TenCrop view each)',
+               'likelihood_val_views': 'held-out val images in the same views (one TenCrop view each)'}
 # the ceiling of a sample figure: the same figure for real images against real images
 CEILING = {'class_consistency': 'real_class_consistency', 'frechet': 'frechet_real', 'precision': 'precision_real',
            'recall': 'recall_real', 'two_sample_accuracy': 'two_sample_accuracy_real'}
@@ -50,15 +55,29 @@ def minus_reference(rows, reference_rows, metrics):
     return paired
 
 
+def part_metrics(part, figures):
+    """PAIRED or AGGREGATED (figures) of a part; a likelihood-views part has the likelihood's."""
+    return figures['likelihood' if part.startswith('likelihood') else part]
+
+
 def with_derived_figures(run):
-    """A run with the figures derived from its own rows: per likelihood row top_scale_bits (the NLL of the top
-    scale alone, beyond the coarser ones) and bits_above_most_steps (the NLL minus the run's NLL at its most
-    serial steps, comparable across pyramids of different sizes)."""
-    if not run['likelihood']:
-        return run
-    most = max(run['likelihood'], key=lambda row: row['serial_steps'])['bits_per_image']
-    return {**run, 'likelihood': [{**row, 'top_scale_bits': row['bits_per_scale'][-1],
-                                   'bits_above_most_steps': row['bits_per_image'] - most} for row in run['likelihood']]}
+    """A run with its likelihood_views as parts of their own (VIEW_PARTS) and, per row of every likelihood part,
+    the figures derived from the part's own rows: top_scale_bits (the NLL of the top scale alone, beyond the coarser
+    ones) and bits_above_most_steps (the NLL minus the part's NLL at its most serial steps, comparable across
+    pyramids of different sizes)."""
+    parts = {'likelihood': run['likelihood'],
+             **{VIEW_PARTS[split]: rows for split, rows in (run.get('likelihood_views') or {}).items()}}
+    derived = {}
+    for part, rows in parts.items():
+        most = max(rows, key=lambda row: row['serial_steps'])['bits_per_image'] if rows else None
+        derived[part] = [{**row, 'top_scale_bits': row['bits_per_scale'][-1],
+                          'bits_above_most_steps': row['bits_per_image'] - most} for row in rows]
+    return {**run, **derived}
+
+
+def run_parts(run):
+    """The parts of a run (with_derived_figures'), likelihood first."""
+    return ['likelihood', *(part for part in VIEW_PARTS.values() if part in run), 'samples']
 
 
 def paired_figures(results, sweep, reference):
@@ -75,8 +94,8 @@ def paired_figures(results, sweep, reference):
                 continue
             base = derived.get(f'{reference[variant]}-seed{seed}')
             if reference[variant] != variant and base is not None:
-                run = {**run, **{part: minus_reference(run[part], base[part], metrics)
-                                 for part, metrics in PAIRED.items()}}
+                run = {**run, **{part: minus_reference(run[part], base[part], part_metrics(part, PAIRED))
+                                 for part in run_parts(run) if part in base}}
             paired[name] = run
     return paired
 
@@ -134,10 +153,11 @@ def aggregate(results, sweep, times=None):
         table[variant] = {'reference': reference[variant], 'versions': versions, 'machines': machines,
                           'trained': trained,
                           'training': training_summary(runs)}
-        for part, metrics in AGGREGATED.items():
-            metrics = metrics + tuple(f'{m}_minus_reference' for m in PAIRED[part])
+        for part in dict.fromkeys(part for run in runs for part in run_parts(run)):
+            paired_metrics = part_metrics(part, PAIRED)
+            metrics = part_metrics(part, AGGREGATED) + tuple(f'{m}_minus_reference' for m in paired_metrics)
             rows = []
-            for entries in zip(*(run[part] for run in runs)):
+            for entries in zip(*(run[part] for run in runs if part in run)):
                 row = {'schedule': entries[0]['schedule'], 'serial_steps': entries[0]['serial_steps']}
                 for metric in metrics:
                     values = [e[metric] for e in entries if metric in e]
@@ -246,11 +266,11 @@ def markdown(table, sweep, real, times=None):
              f'{versions or "none"}. {machines_line(table)} {training_line(table)}', '']
 
     def table_lines(part, columns):
-        columns = [c for c in columns if any(c[0] in row for parts in table.values() for row in parts[part])]
+        columns = [c for c in columns if any(c[0] in row for parts in table.values() for row in parts.get(part, []))]
         lines = ['| variant | schedule | serial steps | ' + ' | '.join(column[1] for column in columns) + ' |',
                  '| --- ' * (3 + len(columns)) + '|']
         for variant, parts in table.items():
-            for row in parts[part]:
+            for row in parts.get(part, []):
                 cells = [number(row[m], row[f'{m}_std'] if spread else None, d) if m in row else '–'
                          for m, _, d, spread in columns]
                 lines.append(f"| {variant} | {format_schedule(row['schedule'])} | {row['serial_steps']} | "
@@ -261,6 +281,10 @@ def markdown(table, sweep, real, times=None):
         return lines
 
     lines += training_lines(table) + table_lines('likelihood', LIKELIHOOD_COLUMNS)
+    for part, title in VIEW_TITLES.items():
+        if any(part in parts for parts in table.values()):
+            n = sweep['evaluation']['likelihood_images']
+            lines += ['', f'NLL of {n} {title}:', ''] + table_lines(part, LIKELIHOOD_COLUMNS)
     if any(parts['samples'] for parts in table.values()):
         n = sweep['evaluation']['num_samples']
         lines += ['', f'{n} samples per schedule; the figures in the probe\'s feature space compare them with '

@@ -9,8 +9,9 @@ from PIL import Image
 
 import data.builtin as builtin
 from data.builtin import BUILTIN_DATASETS, CLASSES, ensure_builtin_dataset, resolve_data_path
-from data.image_folder import BadImagesError, ImageFolderDataset
+from data.image_folder import BadImagesError, ImageFolderDataset, load_real_images, scan_image_folder
 from data.transforms import NUM_VIEWS, TenCropView, adm_crop_side, center_crop_arr, view_index
+from util.images import from_uint8
 
 SMALL = dict(train_per_class=3, val_per_class=2)
 
@@ -235,3 +236,20 @@ def test_resolve_data_path(tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(root, 'train', CLASSES[0], '00000.png'))
     with pytest.raises(ValueError, match='shapes32, shapes32-small, shapes64, shapes16-simple, shapes32-simple'):
         resolve_data_path('imagenet_typo', tmp_path / 'cache')
+
+
+def test_real_images_in_training_views_are_what_training_sees(tmp_path):
+    """load_real_images(views=True): image i in TenCrop view view_index(seed, 0, i), the pixels of the training
+    transform for that view (up to float rounding), not the center crop."""
+    root = str(tmp_path / 'shapes')
+    ensure_builtin_dataset(root, 'shapes32', train_per_class=1, val_per_class=1)
+    views, labels, _ = load_real_images(root, 'train', 32, seed=3, views=True, log=lambda message: None)
+    crops, _, _ = load_real_images(root, 'train', 32, log=lambda message: None)
+    _, samples = scan_image_folder(root, 'train')
+    assert views.shape == crops.shape == (len(samples), 32, 32, 3) and views.dtype == np.uint8
+    for i, (path, label) in enumerate(samples):
+        with Image.open(path) as image:
+            seen = TenCropView(32)(image, view=view_index(3, 0, i))  # (3, 32, 32)
+        assert labels[i] == label
+        torch.testing.assert_close(from_uint8(views[i]), seen, atol=1e-6, rtol=0)
+    assert not np.array_equal(views, crops)

@@ -1,5 +1,6 @@
 """main_sweep.py: variants x seeds trained with the normal trainer, resumed after a kill without retraining
 finished runs, evaluated once (likelihood at every schedule, sample quality), results and plots written."""
+import hashlib
 import itertools
 import json
 import os
@@ -122,6 +123,51 @@ def sweep_once(base, out, **changes):
     return config
 
 
+def test_likelihood_views_measure_training_and_heldout_images_as_training_sees_them(base, tmp_path):
+    out = tmp_path / 'sweep'
+    sweep_once(base, out, evaluation=dict(likelihood_schedules=[1, 4], likelihood_images=6, sample_schedules=[],
+                                          likelihood_views=['train', 'val'], batch_size=3))
+    run = json.loads((out / 'runs' / 'checkerboard-seed0.json').read_text())
+    assert set(run['likelihood_views']) == {'train', 'val'}
+    for rows in run['likelihood_views'].values():
+        assert [row['serial_steps'] for row in rows] == [row['serial_steps'] for row in run['likelihood']]
+        assert all(row['bits_per_image'] > 0 for row in rows)
+    center = [row['bits_per_image'] for row in run['likelihood']]
+    assert [row['bits_per_image'] for row in run['likelihood_views']['val']] != center  # other pixels
+    variant = json.loads((out / 'results.json').read_text())['variants']['checkerboard']
+    train = variant['likelihood_train_views']
+    assert train[-1]['bits_above_most_steps'] == 0  # derived from the part's own rows
+    assert train[0]['bits_above_most_steps'] == pytest.approx(train[0]['bits_per_image'] - train[-1]['bits_per_image'])
+    table = (out / 'results.md').read_text()
+    assert 'NLL of 6 training images as training sees them' in table
+    assert 'NLL of 6 held-out val images in the same views' in table
+
+
+def test_figures_stored_before_a_setting_existed_stand_for_its_default(base, tmp_path, capsys):
+    out = tmp_path / 'sweep'
+    config = sweep_once(base, out)
+    run = out / 'runs' / 'checkerboard-seed0.json'
+    stored = json.loads(run.read_text())
+    del stored['settings']['likelihood_views']  # as written before the setting existed
+    run.write_text(json.dumps(stored))
+    capsys.readouterr()
+    main_sweep.main(['--config', config, '--device', 'cpu'])
+    assert 'checkerboard-seed0: trained and evaluated earlier' in capsys.readouterr().out
+
+
+def test_a_sweep_uses_another_sweeps_probe_from_its_assets_dir(base, tmp_path, capsys):
+    first = tmp_path / 'first'
+    sweep_once(base, tmp_path / 'sweep', results_dir=str(first))
+    probe = (first / 'class_probe.pth').read_bytes()
+    capsys.readouterr()
+    second = tmp_path / 'second'
+    sweep_once(base, tmp_path / 'sweep2', results_dir=str(second), assets_dir=str(first))
+    assert 'not retraining' in capsys.readouterr().out
+    assert not (second / 'class_probe.pth').exists() and (first / 'class_probe.pth').read_bytes() == probe
+    provenance = json.loads((second / 'runs' / 'checkerboard-seed0.json').read_text())['provenance']
+    assert provenance['probe_sha256'] == hashlib.sha256(probe).hexdigest()
+
+
 @pytest.mark.parametrize('key, message', [('autoencoder_sha256', 'another autoencoder'),
                                           ('probe_sha256', 'another class probe')])
 def test_figures_of_another_autoencoder_or_probe_are_refused_then_remeasured(base, tmp_path, capsys, key, message):
@@ -237,6 +283,7 @@ def test_a_second_start_waits_for_the_setup_of_the_first(base, tmp_path, capsys)
     ({'variants': {'a': {'args.epochz': 2}}}, "variant a: unknown key 'args.epochz'"),
     ({'variants': {'a': {'model.scan_ordr': 'raster'}}}, "variant a: unknown key 'model.scan_ordr'"),
     ({'evaluation': {'likelihood_schedules': [[1, 2]]}}, 'has 2 entries but the model has 3 scales'),
+    ({'evaluation': {'likelihood_views': ['test']}}, 'evaluation.likelihood_views must list splits of train, val'),
 ])
 def test_bad_sweep_configs_are_one_line(base, tmp_path, capsys, changes, message):
     config = write_sweep(base, tmp_path / 'bad', **changes)
