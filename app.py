@@ -49,7 +49,7 @@ from util.config import ConfigError
 from util.errors import UsageError
 from util.figures import figure_array, formation_frames, likelihood_figure, maps_image, write_gif
 from util.images import from_uint8, to_uint8
-from util.precision import PRECISIONS, resolve_precision
+from util.precision import PRECISIONS, precision_flag
 from util.request_batcher import RequestBatcher
 from util.run_dir import exit_on_error
 
@@ -390,10 +390,7 @@ def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_
     if not os.path.exists(path):
         raise ConfigError(f'--checkpoint {path}: no such file')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    try:
-        precision = resolve_precision(precision, device)
-    except ValueError as e:
-        raise ConfigError(f'--precision {precision}: {e}') from None
+    precision = precision_flag(precision, device)
     model = load_generator(path, {'auto': None, 'yes': True, 'no': False}[use_ema], device)
     workdir = tempfile.mkdtemp(prefix='checkerboard-app-')
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)

@@ -39,7 +39,7 @@ from util.config import ConfigError
 from util.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from util.figures import formation_frames, formation_stages, maps_figure, save_figure, save_gif
 from util.images import from_uint8, grid_array, save_png, to_uint8
-from util.precision import PRECISIONS, resolve_precision
+from util.precision import PRECISIONS, precision_flag
 from util.run_dir import exit_on_error
 
 
@@ -139,10 +139,7 @@ def parse_args(argv):
 
 def sample_settings(args, device):
     """The SampleSettings of the command line on device (--precision auto resolved there)."""
-    try:
-        precision = resolve_precision(args.precision, device)
-    except ValueError as e:
-        raise ConfigError(f'--precision {args.precision}: {e}') from None
+    precision = precision_flag(args.precision, device)
     return SampleSettings(cfg=args.cfg, cfg_start_step=args.cfg_start_step, steps_per_scale=args.steps_per_scale,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, precision=precision)
 

@@ -4,6 +4,8 @@ import contextlib
 
 import torch
 
+from util.config import ConfigError
+
 PRECISIONS = ('fp32', 'tf32', 'bf16')
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16}
 
@@ -35,6 +37,14 @@ def resolve_precision(precision, device):
     if device.type == 'cuda':
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
     return 'bf16' if device.type == 'cpu' and cpu_has_bf16_units() else 'fp32'
+
+
+def precision_flag(precision, device):
+    """resolve_precision for a command's --precision: ConfigError (one line, naming the flag) where it cannot run."""
+    try:
+        return resolve_precision(precision, device)
+    except ValueError as e:
+        raise ConfigError(f'--precision {precision}: {e}') from None
 
 
 @contextlib.contextmanager
