@@ -11,7 +11,7 @@ settings are drawn as one sampler batch (each sample has its own seed, so a requ
 alone), Likelihood requests with the same schedule are scored as one, edits run one at a time. Generate and Edit
 run main_sample.py's sampling and editing: the same class, seed and settings give the same images as
 `python main_sample.py --checkpoint PATH --labels C C ... --seed SEED ...` (with --use_ema for EMA weights).
-A request renders only what the page shows, in memory but for the formation GIF (a bounded folder). Bad input
+A request renders only what the page shows and hands Gradio its images as files in a bounded folder. Bad input
 (not an image, an empty mask, a class or schedule the model cannot take) is a message in the page, as is a full
 queue.
 """
@@ -96,9 +96,11 @@ class BatchInfo:
 
 
 class RecentFiles:
-    """The folder of the page's outputs that Gradio serves from files (the formation GIFs): it keeps the newest
-    `keep` files and deletes older ones as new ones come (Gradio has copied them to its cache by then), so that
-    the disk use stays bounded however many requests the app serves."""
+    """The folder of the page's output images: it keeps the newest `keep` files and deletes older ones as new ones
+    come (Gradio has copied them to its cache by then), so that the disk use stays bounded however many requests
+    the app serves. Gradio copies a file into its cache atomically, while an image array it encodes itself is
+    rewritten in place under the name of its hash, which cuts short a client still downloading the same image for
+    an identical concurrent request."""
 
     def __init__(self, folder, keep):
         self.folder, self.keep = folder, keep
@@ -114,6 +116,12 @@ class RecentFiles:
                     os.remove(self.paths.popleft())
         return path
 
+    def png(self, image):
+        """The path of image (H, W, 3) uint8 written as a new PNG."""
+        path = self.new('.png')
+        Image.fromarray(image).save(path)
+        return path
+
 
 class Session:
     """The loaded model and what the page needs around it; its methods serve the page's requests. All model work
@@ -127,7 +135,9 @@ class Session:
                         [str(i) for i in range(model.num_classes)])
         self.val = scan_image_folder(data_root, 'val')[1] if data_root and os.path.isdir(
             os.path.join(data_root, 'val')) else []
-        self.gifs = RecentFiles(workdir, keep=2 * max_waiting)
+        # the running requests of the three tabs (at most max_waiting each) write at most 5 x max_waiting files
+        # before Gradio copies theirs
+        self.files = RecentFiles(workdir, keep=8 * max_waiting)
         self.batch_numbers = itertools.count()
         self.batcher = RequestBatcher(self.run_batch, max_batch_images, max_waiting)
 
@@ -224,15 +234,15 @@ class Session:
         (out, stages), info = self.batcher.submit(
             ('generate', settings), (self.label(label, n), sample_seeds(int(seed), range(n))), size=n,
             on_progress=lambda i: progress((i + 1) / len(sides), desc=f'scale {sides[i]}x{sides[i]} drawn'))
-        gif = self.gifs.new('.gif')  # the rest is numpy and PIL work, in this request's thread
+        gif = self.files.new('.gif')  # the rest is numpy and PIL work, in this request's thread
         with open(gif, 'wb') as f:
             write_gif(formation_frames(*stages), f)
         image = to_uint8(out.images[-1][int(shown)][None])[0]
         maps = main_sample.sample_maps(out, int(shown))
         text = (f'{n} image(s), {out.num_steps} serial steps ({settings.describe()}); '
                 f'{info.describe(self.device)}')
-        return (main_sample.samples_grid(out.images[-1]), gif,
-                maps_image(image, maps['step'], maps['prob'], maps['entropy'], self.model.vocab_size), text)
+        maps_png = self.files.png(maps_image(image, maps['step'], maps['prob'], maps['entropy'], self.model.vocab_size))
+        return self.files.png(main_sample.samples_grid(out.images[-1])), gif, maps_png, text
 
     @in_page
     def val_image(self, index):
@@ -267,7 +277,7 @@ class Session:
         labels = self.label(label, n)
         out, _ = self.batcher.submit(('edit', object()), functools.partial(
             main_sample.draw_edits, self.model, settings, image, keep, labels, n, int(seed)), size=n)
-        return (main_sample.edit_grid(image, keep, out.images[-1]),
+        return (self.files.png(main_sample.edit_grid(image, keep, out.images[-1])),
                 f'{n} edit(s), {settings.describe()}: input, kept region, edits')
 
     @in_page
@@ -285,7 +295,7 @@ class Session:
         title = f'{total:.1f} bits under schedule {format_schedule(settings.steps_per_scale)}'
         rows = '\n'.join(f'| {s}x{s} | {float(m.sum()):.1f} |' for s, m in zip(self.model.sides, maps))
         table = f'| scale | bits |\n| --- | --- |\n{rows}\n| all | {total:.1f} |'
-        return figure_array(likelihood_figure(pixels, reconstruction, maps, title)), table
+        return self.files.png(figure_array(likelihood_figure(pixels, reconstruction, maps, title))), table
 
 
 def sampling_fields(session, tab, guidance=True, extra=True):
@@ -321,11 +331,11 @@ def build_page(session, checkpoint_path):
                     shown = gr.Number(0, precision=0, label='maps of sample')
                     go = gr.Button('Generate', variant='primary', elem_id='generate')
                 with gr.Column(scale=2):
-                    grid = gr.Image(label='samples', format='png', elem_id='grid')
+                    grid = gr.Image(label='samples', type='filepath', elem_id='grid')
                     info = gr.Markdown(elem_id='generate-info')
                     with gr.Row():
                         gif = gr.Image(label='formation of sample 0', type='filepath')
-                        maps = gr.Image(label='maps: drawing step, log-probability, entropy', format='png')
+                        maps = gr.Image(label='maps: drawing step, log-probability, entropy', type='filepath')
             go.click(session.generate, [*fields, seed, count, shown], [grid, gif, maps, info], api_name='generate')
         with gr.Tab('Edit'):
             with gr.Row():
@@ -340,7 +350,7 @@ def build_page(session, checkpoint_path):
                     count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label='edits')
                     go = gr.Button('Edit', variant='primary', elem_id='edit')
                 with gr.Column(scale=2):
-                    edits = gr.Image(label='input, kept region, edits', format='png', elem_id='edits')
+                    edits = gr.Image(label='input, kept region, edits', type='filepath', elem_id='edits')
                     info = gr.Markdown()
             load.click(session.val_image, [index], [editor], api_name='val_image')
             go.click(session.edit, [editor, outpaint, *fields, seed, count], [edits, info], api_name='edit')
@@ -353,7 +363,7 @@ def build_page(session, checkpoint_path):
                     fields = sampling_fields(session, 'likelihood', guidance=False, extra=False)
                     go = gr.Button('Likelihood', variant='primary', elem_id='likelihood')
                 with gr.Column(scale=2):
-                    figure = gr.Image(label='bits of every code', format='png')
+                    figure = gr.Image(label='bits of every code', type='filepath')
                     table = gr.Markdown()
             load.click(session.val_image, [index], [image], api_name='val_image_likelihood')
             go.click(session.likelihood, [image, *fields], [figure, table], api_name='likelihood')

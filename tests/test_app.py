@@ -189,11 +189,13 @@ def test_request_files_do_not_accumulate(trained):
     session, page, port = launched(str(trained / 'run' / 'checkpoint-last.pth'), max_queue=2)
     try:
         client = gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False)
-        assert session.gifs.keep == 4
+        assert session.files.keep == 16
         for seed in range(7):
             generate(client, session.classes[0], seed, 1)
-            assert sorted(os.listdir(session.gifs.folder)) == [f'{i:08d}.gif' for i in range(max(0, seed - 3),
-                                                                                              seed + 1)]
+            written = 3 * (seed + 1)  # the GIF, the grid and the maps of each request
+            names = sorted(os.listdir(session.files.folder))
+            assert [int(name[:8]) for name in names] == list(range(max(0, written - 16), written))
+            assert {name[8:] for name in names} == {'.gif', '.png'}
     finally:
         page.close()
 

@@ -7,14 +7,15 @@ time (from the page's info line). Prints figures; writes nothing outside a tempo
 
 --floor also serves, in its own process, a page with the app's Generate outputs that returns a fixed answer of
 the same sizes at once: what Gradio and the clients cost by themselves on this machine. The clients run in this
-process, on the same CPU as the server (their CPU time is printed).
+process, on the same CPU as the server; the CPU time of each side in a round is printed (the server's where /proc
+gives it).
 """
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import re
 import resource
-import shutil
 import socket
 import statistics
 import subprocess
@@ -35,26 +36,46 @@ def free_port():
         return s.getsockname()[1]
 
 
-def started(command, port, log_path, timeout):
-    """Start command (a server on port) with its output in log_path; returns (process, url) once a client
-    connects. SystemExit with the log's end when it exits or does not answer in time."""
+@contextlib.contextmanager
+def served(command, port, log_path, timeout):
+    """Run command (a server on port) with its output in log_path, for the with block: yields (url, pid) once a
+    client connects, and stops the server at the end. SystemExit with the log's end when it exits or does not
+    answer in time."""
     from gradio_client import Client
     env = {**os.environ, 'GRADIO_ANALYTICS_ENABLED': 'False'}
     with open(log_path, 'w') as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url, start = f'http://127.0.0.1:{port}/', time.time()
-    while time.time() - start < timeout:
-        if process.poll() is not None:
-            break
+    try:
+        while time.time() - start < timeout and process.poll() is None:
+            try:
+                Client(url, verbose=False)
+                break
+            except Exception:  # noqa: BLE001 (not up yet)
+                time.sleep(0.5)
+        else:
+            with open(log_path) as log:
+                tail = log.read()[-2000:]
+            why = (f'exited with code {process.returncode}' if process.poll() is not None else
+                   f'did not answer in {timeout} s')
+            raise SystemExit(f'error: the server {why} ({" ".join(command)}):\n{tail}')
+        yield url, process.pid
+    finally:
+        process.terminate()
         try:
-            Client(url, verbose=False)
-            return process, url
-        except Exception:  # noqa: BLE001 (not up yet)
-            time.sleep(0.5)
-    process.kill()
-    with open(log_path) as log:
-        tail = log.read()[-2000:]
-    raise SystemExit(f'error: the server did not start in {timeout} s ({" ".join(command)}):\n{tail}')
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds that process pid has used so far (from /proc), or None where there is no /proc."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')  # utime, stime: fields 14, 15
 
 
 def percentile(values, q):
@@ -62,11 +83,11 @@ def percentile(values, q):
 
 
 class Load:
-    """Generate requests against url with fixed settings; request i has seed i."""
+    """Generate requests against url (served by process server_pid) with fixed settings; request i has seed i."""
 
-    def __init__(self, url, args):
+    def __init__(self, url, server_pid, args):
         from gradio_client import Client
-        self.url, self.args, self.Client = url, args, Client
+        self.url, self.server_pid, self.args, self.Client = url, server_pid, args, Client
         endpoint = Client(url, verbose=False).view_api(return_format='dict', print_info=False)['named_endpoints']
         classes = endpoint['/generate']['parameters'][0]['type'].get('enum') or [None]
         self.label = args.label or classes[0]
@@ -88,23 +109,28 @@ class Load:
         return [self.request(client) for _ in range(count)]
 
     def concurrent(self, count):
-        """(wall s, [(latency, info)], client CPU s) of count clients sending one request each at once."""
+        """(wall s, [(latency, info)], client CPU s, server CPU s or None) of count clients sending one request
+        each at once; a request that failed has latency None and its error as info."""
         clients = [self.Client(self.url, verbose=False) for _ in range(count)]
         barrier = threading.Barrier(count + 1)
 
         def one(client):
             barrier.wait()
-            return self.request(client)
+            try:
+                return self.request(client)
+            except Exception as e:  # noqa: BLE001 (counted and shown, the round goes on)
+                return None, f'{type(e).__name__}: {e}'
         with concurrent.futures.ThreadPoolExecutor(count) as pool:
             futures = [pool.submit(one, client) for client in clients]
-            before = resource.getrusage(resource.RUSAGE_SELF)
+            before, server_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(self.server_pid)
             barrier.wait()
             start = time.perf_counter()
             results = [future.result() for future in futures]
             wall = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        after, server_after = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(self.server_pid)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        return wall, results, cpu
+        server = None if server_before is None or server_after is None else server_after - server_before
+        return wall, results, cpu, server
 
 
 def sampler_seconds(infos):
@@ -132,24 +158,30 @@ def report(name, load, args):
     print(line, flush=True)
     walls = []
     for round_ in range(1, args.rounds + 1):
-        wall, results, cpu = load.concurrent(args.clients)
-        latencies = [latency for latency, _ in results]
+        wall, results, cpu, server = load.concurrent(args.clients)
+        latencies = [latency for latency, _ in results if latency is not None]
+        errors = [info for latency, info in results if latency is None]
         seconds, batches = sampler_seconds([info for _, info in results])
         sampler = f'; sampler {seconds:.3f} s in {batches} batch(es)' if seconds is not None else ''
-        print(f'{name}: {args.clients} clients at once, round {round_}: all answered in {wall:.2f} s '
-              f'({args.clients * args.images / wall:.1f} images/s, {wall / p50:.1f}x the solo p50), latency p50 '
-              f'{percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s{sampler}; client CPU '
-              f'{cpu:.2f} s', flush=True)
+        server = f', server CPU {server:.2f} s' if server is not None else ''
+        answered = (f'latency p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s'
+                    if latencies else 'none answered')
+        failed = f'; {len(errors)} FAILED, the first with {errors[0]}' if errors else ''
+        print(f'{name}: {args.clients} clients at once, round {round_}: all done in {wall:.2f} s '
+              f'({len(latencies) * args.images / wall:.1f} images/s, {wall / p50:.1f}x the solo p50), {answered}'
+              f'{sampler}; client CPU {cpu:.2f} s{server}{failed}', flush=True)
         walls.append(wall)
     return p50, walls
 
 
 def serve_floor(port, folder):
     """A page with the app's Generate inputs and outputs that returns a fixed answer of the same sizes (the grid
-    of 16 demo images, a 9-frame GIF, a maps image; the GIF written to folder), doing no work: the cost of Gradio
-    itself."""
+    of 16 demo images, a 9-frame GIF, a maps image, written to files in folder as the app writes them), doing no
+    other work: the cost of Gradio itself."""
     import gradio as gr
     from PIL import Image
+
+    from app import RecentFiles
     rng = np.random.default_rng(0)
     frames = [Image.fromarray(rng.integers(0, 255, (148, 264, 3), dtype=np.uint8) // 64 * 64) for _ in range(9)]
     gif = os.path.join(folder, 'forming.gif')
@@ -157,11 +189,20 @@ def serve_floor(port, folder):
     grid = np.kron(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))[:266, :266]
     maps = np.kron(rng.integers(0, 255, (29, 24, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
 
+    files = RecentFiles(folder, keep=512)  # bounded, as the app's
+
+    def own(image, seed):
+        """The image with the request's seed in its first pixels, as a new PNG: bytes of its own, as the app's
+        answers have, so that Gradio copies each into its cache (it does not copy bytes it has cached already)."""
+        image = image.copy()
+        image.flat[:8] = np.frombuffer(int(seed).to_bytes(8, 'little'), np.uint8)
+        return files.png(image)
+
     def generate(label, schedule, cfg, cfg_start_step, temperature, top_k, top_p, seed, num_images, shown):
-        return grid, gif, maps, 'no work done'
+        return own(grid, seed), gif, own(maps, seed), 'no work done'
     with gr.Blocks() as page:
         inputs = [gr.Dropdown(['none'], value='none'), gr.Textbox(), *[gr.Number() for _ in range(8)]]
-        outputs = [gr.Image(format='png'), gr.Image(type='filepath'), gr.Image(format='png'), gr.Markdown()]
+        outputs = [gr.Image(type='filepath'), gr.Image(type='filepath'), gr.Image(type='filepath'), gr.Markdown()]
         gr.Button().click(generate, inputs, outputs, api_name='generate')
     page.queue(default_concurrency_limit=64, max_size=64).launch(server_port=port, max_threads=200, quiet=True)
 
@@ -189,25 +230,18 @@ def main(argv=None):
     if args.serve_floor:
         return serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
     from util.provenance import cpu_name
-    folder = tempfile.mkdtemp(prefix='load-test-')
     servers = [('app', [sys.executable, 'app.py', *(['--checkpoint', args.checkpoint] if args.checkpoint else []),
                         *args.app_args.split()])]
     if args.floor:
         servers.append(('floor', [sys.executable, '-m', 'tools.load_test']))
     print(f'{args.images} images per request, schedule {args.schedule}, cfg {args.cfg:g} from step '
           f'{args.cfg_start_step}; server and clients on {cpu_name()} ({os.cpu_count()} cores)', flush=True)
-    try:
+    with tempfile.TemporaryDirectory(prefix='load-test-', ignore_cleanup_errors=True) as folder:
         for name, command in servers:
             port = free_port()
             command += ['--serve_floor', str(port), folder] if name == 'floor' else ['--port', str(port)]
-            process, url = started(command, port, os.path.join(folder, f'{name}.log'), args.startup_timeout)
-            try:
-                report(name, Load(url, args), args)
-            finally:
-                process.terminate()
-                process.wait(30)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            with served(command, port, os.path.join(folder, f'{name}.log'), args.startup_timeout) as (url, pid):
+                report(name, Load(url, pid, args), args)
 
 
 if __name__ == '__main__':

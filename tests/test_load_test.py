@@ -1,0 +1,41 @@
+"""tools/load_test.py's readings (the sampler's time from the app's own info lines, a process's CPU time) and
+tools/gradio_cache_race.py."""
+import os
+import resource
+import sys
+
+import pytest
+
+from app import BatchInfo
+from tools.load_test import cpu_seconds, sampler_seconds
+
+
+def test_sampler_seconds_reads_the_apps_info_lines_and_counts_each_batch_once():
+    first, merged = BatchInfo(7, 1, 16, 0.125), BatchInfo(8, 2, 32, 0.5)
+    infos = [f'16 image(s), 17 serial steps (schedule 4); {info.describe("cpu")}'
+             for info in (first, merged, merged)]  # the two requests of batch 8 report the same batch
+    assert sampler_seconds(infos) == (0.625, 2)
+    assert sampler_seconds(['an error message', None]) == (None, 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc is Linux')
+def test_cpu_seconds_of_a_process_follows_its_own_count():
+    def own():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    before, own_before = cpu_seconds(os.getpid()), own()
+    while own() - own_before < 0.4:  # busy for 0.4 s of CPU, in user code and (random bytes) in the kernel
+        sum(range(10000))
+        os.urandom(1 << 16)
+    grown, own_grown = cpu_seconds(os.getpid()) - before, own() - own_before
+    assert abs(grown - own_grown) < 0.05  # /proc counts in clock ticks (10 ms)
+    assert cpu_seconds(2 ** 22 + 12345) is None  # no such process
+
+
+def test_gradio_cache_race_serves_both_kinds_and_files_never_fail(capsys):
+    pytest.importorskip('gradio_client')
+    from tools import gradio_cache_race
+    gradio_cache_race.main(['--rounds', '2', '--clients', '4'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == 'files: 0 of 8 requests failed'  # what the app relies on
+    assert lines[-2].startswith('arrays: ') and ' of 8 requests failed' in lines[-2]
