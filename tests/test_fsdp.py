@@ -45,8 +45,9 @@ def runs(tmp_path_factory):
 
 def torchrun(d, out, processes, *flags):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(processes),
-                             '--master_port', '29531', os.path.join(ROOT, 'main.py'), '--config', str(d / 'tiny.yaml'),
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',  # on a free port
+                             '--nproc_per_node', str(processes), os.path.join(ROOT, 'main.py'),
+                             '--config', str(d / 'tiny.yaml'),
                              '--output_dir', str(out), *flags], env=env, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -174,7 +174,7 @@ def test_two_gloo_processes_match_one(setup):
     one, two = setup / 'one', setup / 'two'
     run(setup, one, '--max_steps', '3', '--ema', '0')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
-    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                     os.path.join(ROOT, 'main.py'), '--config', str(setup / 'tiny.yaml'), '--output_dir', str(two),
                     '--batch_size', '4', '--max_steps', '3', '--ema', '0'], check=True, env=env, cwd=ROOT,
                    capture_output=True)
