@@ -70,10 +70,10 @@ def in_page(handler):
     return wrapped
 
 
-def dataset_root(checkpoint_path):
+def dataset_root(checkpoint, checkpoint_path):
     """The training data folder named in a checkpoint's config, when it is on this machine (class names, val
     images), else None."""
-    args = checkpoint_config(read_checkpoint(checkpoint_path), checkpoint_path).get('args') or {}
+    args = checkpoint_config(checkpoint, checkpoint_path).get('args') or {}
     path = args.get('data_path')
     if path in BUILTIN_DATASETS:
         path = os.path.join(args.get('builtin_root') or 'data/builtin', path)
@@ -401,10 +401,11 @@ def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_
         raise ConfigError(f'--checkpoint {path}: no such file')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     precision = precision_flag(precision, device)
-    model = load_generator(path, {'auto': None, 'yes': True, 'no': False}[use_ema], device)
+    checkpoint = read_checkpoint(path)  # read once, for the model and for its dataset
+    model = load_generator(path, {'auto': None, 'yes': True, 'no': False}[use_ema], device, checkpoint=checkpoint)
     workdir = tempfile.mkdtemp(prefix='checkerboard-app-')
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    return Session(model, dataset_root(path), workdir, precision, max_batch_images, max_queue)
+    return Session(model, dataset_root(checkpoint, path), workdir, precision, max_batch_images, max_queue)
 
 
 def page_for(args):

@@ -109,11 +109,13 @@ def read_checkpoint(path, allow_unsafe=False):
     return load_checkpoint(path, allow_unsafe)
 
 
-def load_generator(checkpoint_path, use_ema=False, device='cpu', allow_unsafe=False):
+def load_generator(checkpoint_path, use_ema=False, device='cpu', allow_unsafe=False, checkpoint=None):
     """Load a published or project checkpoint (config inside or beside it), a .safetensors export or a sharded
     checkpoint folder; returns the model in eval mode. use_ema: the EMA weights (True), the training weights
-    (False), or the EMA weights where the file has them (None)."""
-    checkpoint = read_checkpoint(checkpoint_path, allow_unsafe)
+    (False), or the EMA weights where the file has them (None). checkpoint: the file's dict (read_checkpoint)
+    where the caller has read it already."""
+    if checkpoint is None:
+        checkpoint = read_checkpoint(checkpoint_path, allow_unsafe)
     if not isinstance(checkpoint, dict) or not ({'model', 'model_ema'} & set(checkpoint)):
         raise CheckpointError(f"{checkpoint_path}: not a generator checkpoint (no 'model' entry)")
     if use_ema is None:

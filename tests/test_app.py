@@ -17,6 +17,7 @@ from PIL import Image
 import app
 import main as train_main
 import main_sample
+import models.load
 from conftest import write_tiny_run
 from data.transforms import center_crop_arr
 from models import load_generator
@@ -276,6 +277,19 @@ def test_a_safetensors_export_loads_the_same_model(trained, tmp_path):
     (tmp_path / 'broken.safetensors').write_bytes(b'not safetensors')
     with pytest.raises(CheckpointError, match='not a readable .safetensors file'):
         load_generator(tmp_path / 'broken.safetensors')
+
+
+def test_the_app_reads_its_checkpoint_once_for_the_model_and_its_dataset(trained, monkeypatch):
+    reads = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read(path, *args, **kwargs)
+    read = models.load.read_checkpoint
+    monkeypatch.setattr(models.load, 'read_checkpoint', counted)
+    monkeypatch.setattr(app, 'read_checkpoint', counted)
+    session = app.load_session(str(trained / 'run' / 'checkpoint-last.pth'), 'cpu')
+    assert len(reads) == 1 and session.data_root is not None and session.val
 
 
 def test_without_a_checkpoint_the_page_says_which_command_makes_it(tmp_path, monkeypatch, capsys):
