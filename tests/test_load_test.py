@@ -39,3 +39,28 @@ def test_gradio_cache_race_serves_both_kinds_and_files_never_fail(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == 'files: 0 of 8 requests failed'  # what the app relies on
     assert lines[-2].startswith('arrays: ') and ' of 8 requests failed' in lines[-2]
+
+
+def test_load_test_drives_the_floor_page_and_fetches_every_image(tmp_path, capsys, monkeypatch):
+    pytest.importorskip('gradio_client')
+    import httpx
+    from tools import load_test
+    fetched, get = [], httpx.Client.get
+
+    def counted(self, url, *a, **kw):
+        response = get(self, url, *a, **kw)
+        fetched.append((url, len(response.content)))
+        return response
+    monkeypatch.setattr(httpx.Client, 'get', counted)
+    args = load_test.parse_args(['--clients', '3', '--rounds', '1', '--solo', '2'])
+    port = load_test.free_port()
+    command = [sys.executable, '-m', 'tools.load_test', '--serve_floor', str(port), str(tmp_path)]
+    with load_test.served(command, port, str(tmp_path / 'floor.log'), timeout=120) as (url, pid):
+        load = load_test.Load(url, pid, args)
+        load_test.report('floor', load, args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('floor: solo, 2 requests: latency p50 ')
+    assert lines[1].startswith('floor: 3 clients at once, round 1: all done in ') and 'FAILED' not in lines[1]
+    requests = (1 + 2) + 3  # solo, after one to warm up; the round
+    assert len(fetched) == 3 * requests and all(size > 0 for _, size in fetched)  # grid, GIF, maps of each
+    assert {url.rsplit('.', 1)[1] for url, _ in fetched} == {'png', 'gif'}

@@ -1,6 +1,8 @@
 """Load test of the browser app: launch app.py on a checkpoint, send Generate requests through gradio_client,
 one at a time and then from N clients at once, and print latency (p50 / p95), throughput and the sampler's own
-time (from the page's info line). Prints figures; writes nothing outside a temporary folder.
+time (from the page's info line). A request is done when its three images are fetched too, into memory over a
+kept-alive connection as a browser fetches them (gradio_client's own downloads, which write each file to disk,
+took 2.3x the clients' CPU). Prints figures; writes nothing outside a temporary folder.
 
     python -m tools.load_test --checkpoint outputs/demo/checkpoint-last.pth --clients 16 --images 16
     python -m tools.load_test --checkpoint ... --floor     # the same load against a page that does no work
@@ -93,35 +95,44 @@ class Load:
         self.label = args.label or classes[0]
         self.seeds = iter(range(10 ** 6))
 
-    def request(self, client):
-        """(latency s, info line) of one request."""
-        a = self.args
+    @contextlib.contextmanager
+    def visitors(self, count):
+        """count users of the page for the with block: each a (gradio_client Client, httpx Client) pair."""
+        import httpx
+        with contextlib.ExitStack() as stack:
+            yield [(self.Client(self.url, verbose=False, download_files=False), stack.enter_context(httpx.Client()))
+                   for _ in range(count)]
+
+    def request(self, visitor):
+        """(latency s, info line) of one request, its images fetched."""
+        a, (client, http) = self.args, visitor
         start = time.perf_counter()
-        *_, info = client.predict(label=self.label, schedule=a.schedule, cfg=a.cfg, cfg_start_step=a.cfg_start_step,
-                                  temperature=1.0, top_k=0, top_p=1.0, seed=next(self.seeds), num_images=a.images,
-                                  shown=0, api_name='/generate')
+        *files, info = client.predict(label=self.label, schedule=a.schedule, cfg=a.cfg,
+                                      cfg_start_step=a.cfg_start_step, temperature=1.0, top_k=0, top_p=1.0,
+                                      seed=next(self.seeds), num_images=a.images, shown=0, api_name='/generate')
+        for file in files:
+            http.get(file['url']).raise_for_status()
         return time.perf_counter() - start, info
 
     def solo(self, count):
         """[(latency, info)] of count requests, one after another (after one to warm up)."""
-        client = self.Client(self.url, verbose=False)
-        self.request(client)
-        return [self.request(client) for _ in range(count)]
+        with self.visitors(1) as (visitor,):
+            self.request(visitor)
+            return [self.request(visitor) for _ in range(count)]
 
     def concurrent(self, count):
         """(wall s, [(latency, info)], client CPU s, server CPU s or None) of count clients sending one request
         each at once; a request that failed has latency None and its error as info."""
-        clients = [self.Client(self.url, verbose=False) for _ in range(count)]
         barrier = threading.Barrier(count + 1)
 
-        def one(client):
+        def one(visitor):
             barrier.wait()
             try:
-                return self.request(client)
+                return self.request(visitor)
             except Exception as e:  # noqa: BLE001 (counted and shown, the round goes on)
                 return None, f'{type(e).__name__}: {e}'
-        with concurrent.futures.ThreadPoolExecutor(count) as pool:
-            futures = [pool.submit(one, client) for client in clients]
+        with self.visitors(count) as visitors, concurrent.futures.ThreadPoolExecutor(count) as pool:
+            futures = [pool.submit(one, visitor) for visitor in visitors]
             before, server_before = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(self.server_pid)
             barrier.wait()
             start = time.perf_counter()
