@@ -6,11 +6,9 @@ into its cache atomically). Prints how many of the clients' downloads failed for
 """
 import argparse
 import concurrent.futures
-import itertools
 import os
 import sys
 import tempfile
-import threading
 
 import numpy as np
 
@@ -22,22 +20,17 @@ KINDS = ('arrays', 'files')
 def serve(port, folder):
     """A page whose endpoints /arrays and /files answer every request with the same two images."""
     import gradio as gr
-    from PIL import Image
+
+    from app import RecentFiles
     rng = np.random.default_rng(0)
     images = [np.kron(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
               for h, w in ((16, 16), (29, 24))]
-    count, lock = itertools.count(), threading.Lock()
-
-    def as_file(image):
-        with lock:
-            path = os.path.join(folder, f'{next(count)}.png')
-        Image.fromarray(image).save(path)
-        return path
+    files = RecentFiles(folder, keep=512)
     with gr.Blocks() as page:
         text = gr.Textbox()
         gr.Button().click(lambda _: images, [text], [gr.Image(format='png'), gr.Image(format='png')],
                           api_name='arrays')
-        gr.Button().click(lambda _: [as_file(image) for image in images], [text],
+        gr.Button().click(lambda _: [files.png(image) for image in images], [text],
                           [gr.Image(type='filepath'), gr.Image(type='filepath')], api_name='files')
     page.queue(default_concurrency_limit=64, max_size=64).launch(server_port=port, max_threads=200, quiet=True)
 

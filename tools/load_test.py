@@ -155,7 +155,7 @@ def sampler_seconds(infos):
 
 
 def report(name, load, args):
-    """Print the solo and concurrent figures of one server; returns (solo p50, concurrent walls)."""
+    """Print the solo and concurrent figures of one server."""
     solo = load.solo(args.solo)
     latencies = [latency for latency, _ in solo]
     p50 = statistics.median(latencies)
@@ -167,7 +167,6 @@ def report(name, load, args):
         line += (f'; sampler {statistics.median(sampled):.3f} s; 1 s + 3 x sampler = {bound:.3f} s: '
                  f'{"holds" if p50 <= bound else "does not hold"}')
     print(line, flush=True)
-    walls = []
     for round_ in range(1, args.rounds + 1):
         wall, results, cpu, server = load.concurrent(args.clients)
         latencies = [latency for latency, _ in results if latency is not None]
@@ -181,8 +180,6 @@ def report(name, load, args):
         print(f'{name}: {args.clients} clients at once, round {round_}: all done in {wall:.2f} s '
               f'({len(latencies) * args.images / wall:.1f} images/s, {wall / p50:.1f}x the solo p50), {answered}'
               f'{sampler}; client CPU {cpu:.2f} s{server}{failed}', flush=True)
-        walls.append(wall)
-    return p50, walls
 
 
 def serve_floor(port, folder):
