@@ -11,7 +11,10 @@ settings are drawn as one sampler batch (each sample has its own seed, so a requ
 alone), Likelihood requests with the same schedule are scored as one, edits run one at a time. Generate and Edit
 run main_sample.py's sampling and editing: the same class, seed and settings give the same images as
 `python main_sample.py --checkpoint PATH --labels C C ... --seed SEED ...` (with --use_ema for EMA weights).
-A request renders only what the page shows and hands Gradio its images as files in a bounded folder. Bad input
+A request renders only what the page shows and hands Gradio its images as files in a bounded folder. Every torch
+operation of a request runs in the model's thread, the main one, where the model was loaded (the request's own
+thread draws with numpy and PIL): torch's OpenMP threads then serve one thread only, which sampling on a CPU
+needs to run at full speed (util/request_batcher.py). Bad input
 (not an image, an empty mask, a class or schedule the model cannot take) is a message in the page, as is a full
 queue.
 """
@@ -127,9 +130,11 @@ class Session:
     """The loaded model and what the page needs around it; its methods serve the page's requests. All model work
     goes through one RequestBatcher: concurrent Generate requests with the same settings are sampled as one
     batch (at most max_batch_images), Likelihood requests with the same schedule are scored as one, edits run
-    one at a time; each request then renders its own outputs in its own thread."""
+    one at a time; each request then renders its own outputs in its own thread. The batcher's worker is a thread
+    of its own, or with own_thread=False the caller of session.batcher.work()."""
 
-    def __init__(self, model, data_root, workdir, precision='fp32', max_batch_images=256, max_waiting=64):
+    def __init__(self, model, data_root, workdir, precision='fp32', max_batch_images=256, max_waiting=64,
+                 own_thread=True):
         self.model, self.data_root, self.precision = model, data_root, precision
         self.classes = (scan_image_folder(data_root, 'train')[0] if data_root else
                         [str(i) for i in range(model.num_classes)])
@@ -139,7 +144,7 @@ class Session:
         # before Gradio copies theirs
         self.files = RecentFiles(workdir, keep=8 * max_waiting)
         self.batch_numbers = itertools.count()
-        self.batcher = RequestBatcher(self.run_batch, max_batch_images, max_waiting)
+        self.batcher = RequestBatcher(self.run_batch, max_batch_images, max_waiting, own_thread)
 
     @property
     def device(self):
@@ -192,8 +197,8 @@ class Session:
 
     def sample_batch(self, settings, items, progress):
         """Items (labels (n,) or None, n seeds) sampled as one batch; each one's (SampleOutput with its top scale
-        decoded, the formation stages of its sample 0), decoded on its own as a solo request decodes it, so that
-        its pixels do not depend on the batch."""
+        decoded, the formation stages of its sample 0, the grid of its samples), decoded on its own as a solo
+        request decodes it, so that its pixels do not depend on the batch."""
         labels = None if items[0][0] is None else torch.cat([labels for labels, _ in items])
         seeds = [seed for _, item_seeds in items for seed in item_seeds]
         out = self.model.sample(settings, labels=labels, batch_size=len(seeds), seeds=seeds, decode='none',
@@ -203,7 +208,8 @@ class Session:
             part = slice(first, first + len(item_seeds))
             own = SampleOutput(codes=[c[part] for c in out.codes], images=[],
                                maps={k: [m[part] for m in v] for k, v in out.maps.items()})
-            parts.append((decode_scales(self.model, own, 'top'), main_sample.sample_stages(self.model, own)))
+            decode_scales(self.model, own, 'top')
+            parts.append((own, main_sample.sample_stages(self.model, own), main_sample.samples_grid(own.images[-1])))
             first = part.stop
         return parts
 
@@ -231,10 +237,10 @@ class Session:
         if not 0 <= int(seed) < MAX_BASE_SEED:
             raise ConfigError(f'seed must be in 0..{MAX_BASE_SEED - 1}, got {seed}')
         sides = self.model.sides
-        (out, stages), info = self.batcher.submit(
+        (out, stages, grid), info = self.batcher.submit(
             ('generate', settings), (self.label(label, n), sample_seeds(int(seed), range(n))), size=n,
             on_progress=lambda i: progress((i + 1) / len(sides), desc=f'scale {sides[i]}x{sides[i]} drawn'))
-        gif = self.files.new('.gif')  # the rest is numpy and PIL work, in this request's thread
+        gif = self.files.new('.gif')  # the rest is numpy and PIL work (and indexing), in this request's thread
         with open(gif, 'wb') as f:
             write_gif(formation_frames(*stages), f)
         image = to_uint8(out.images[-1][int(shown)][None])[0]
@@ -242,7 +248,7 @@ class Session:
         text = (f'{n} image(s), {out.num_steps} serial steps ({settings.describe()}); '
                 f'{info.describe(self.device)}')
         maps_png = self.files.png(maps_image(image, maps['step'], maps['prob'], maps['entropy'], self.model.vocab_size))
-        return self.files.png(main_sample.samples_grid(out.images[-1])), gif, maps_png, text
+        return self.files.png(grid), gif, maps_png, text
 
     @in_page
     def val_image(self, index):
@@ -275,10 +281,12 @@ class Session:
             mask = Image.fromarray(np.where(painted, 0, 255).astype(np.uint8))  # white = keep
             image, keep = main_sample.edit_arrays(original, size, mask=mask)
         labels = self.label(label, n)
-        out, _ = self.batcher.submit(('edit', object()), functools.partial(
-            main_sample.draw_edits, self.model, settings, image, keep, labels, n, int(seed)), size=n)
-        return (self.files.png(main_sample.edit_grid(image, keep, out.images[-1])),
-                f'{n} edit(s), {settings.describe()}: input, kept region, edits')
+
+        def draw():  # in the model's thread
+            out = main_sample.draw_edits(self.model, settings, image, keep, labels, n, int(seed))
+            return main_sample.edit_grid(image, keep, out.images[-1])
+        grid, _ = self.batcher.submit(('edit', object()), draw, size=n)
+        return self.files.png(grid), f'{n} edit(s), {settings.describe()}: input, kept region, edits'
 
     @in_page
     def likelihood(self, image_path, label, schedule):
@@ -394,9 +402,10 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_images=256, max_queue=64):
+def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_images=256, max_queue=64,
+                 own_thread=True):
     """The Session of a checkpoint (precision 'auto' resolved on its device); ConfigError (one line) when there
-    is none or the precision does not run on the device."""
+    is none or the precision does not run on the device. own_thread: as for Session."""
     if not os.path.exists(path):
         raise ConfigError(f'--checkpoint {path}: no such file')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -405,21 +414,24 @@ def load_session(path, device=None, use_ema='auto', precision='fp32', max_batch_
     model = load_generator(path, {'auto': None, 'yes': True, 'no': False}[use_ema], device, checkpoint=checkpoint)
     workdir = tempfile.mkdtemp(prefix='checkerboard-app-')
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    return Session(model, dataset_root(checkpoint, path), workdir, precision, max_batch_images, max_queue)
+    return Session(model, dataset_root(checkpoint, path), workdir, precision, max_batch_images, max_queue,
+                   own_thread)
 
 
 def page_for(args):
-    """The page of the checkpoint; without --checkpoint and without the demo's, a page saying how to make it."""
+    """(page, Session) of the checkpoint, the session's batcher to be run by its caller (Session's own_thread=False);
+    without --checkpoint and without the demo's, (a page saying how to make it, None)."""
     if args.checkpoint is None and not os.path.isfile(DEMO_CHECKPOINT):
         message = (f'no checkpoint at {DEMO_CHECKPOINT}: make the demo\'s with `{DEMO_COMMAND}`, or pass '
                    '--checkpoint PATH')
         print(f'error: {message}', file=sys.stderr)
-        return missing_page(message)
+        return missing_page(message), None
     path = args.checkpoint or DEMO_CHECKPOINT
-    session = load_session(path, args.device, args.use_ema, args.precision, args.max_batch_images, args.max_queue)
+    session = load_session(path, args.device, args.use_ema, args.precision, args.max_batch_images, args.max_queue,
+                           own_thread=False)
     print(f'serving {path} on {session.device}, transformer in {session.precision}'
           + (' (--precision auto)' if args.precision == 'auto' else ''))
-    return build_page(session, path)
+    return build_page(session, path), session
 
 
 def launch(page, max_queue, host='127.0.0.1', port=7860, **kwargs):
@@ -433,8 +445,13 @@ def launch(page, max_queue, host='127.0.0.1', port=7860, **kwargs):
 def main(argv=None):
     args = parse_args(argv)
     with exit_on_error():
-        page = page_for(args)
-    launch(page, args.max_queue, args.host, args.port)
+        page, session = page_for(args)
+    if session is None:
+        return launch(page, args.max_queue, args.host, args.port)
+    launch(page, args.max_queue, args.host, args.port, prevent_thread_lock=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        session.batcher.work()  # the model's thread: this one, where the model was loaded
+    page.close()
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """One prepared check of the CUDA path, end to end, with one summary table:
 
-    python tests/gpu_check.py                    # on a GPU machine: about 5 minutes on one H200
+    python tests/gpu_check.py                    # on a GPU machine: about 6 minutes on one H200
     python tests/gpu_check.py --device cpu       # the same steps on the CPU (what tests/test_gpu_check.py runs)
 
 1. numbers: the fixture-parity, cached-sampling, bf16 and graphed-sampler tests with their tensors on the device
@@ -9,8 +9,14 @@
    on a GPU (fp32, and --compile only when a C++ compiler is found, on a CPU), stopped after 2 steps and resumed
    to 4, against an uninterrupted 4-step run;
 3. sample npz: `main_sample.py --num_samples` under torchrun from that checkpoint, merged into an ADM .npz;
-4. benchmark: tools.benchmark on the Checkerboard-L shape (random weights) on a GPU, on the tiny config on a CPU.
-On a machine without a GPU every step runs on the CPU, and the table says so. Exit status 1 if a step fails.
+4. benchmark: tools.benchmark on the Checkerboard-L shape (random weights) on a GPU, on the tiny config on a CPU;
+5. serving: tools.load_test, the app under 16 concurrent clients of 16 images each, on the demo checkpoint on a GPU
+   (outputs/demo/checkpoint-last.pth or --serving_checkpoint; where neither is there, the demo config trained for
+   50 steps: the same shape, and the sampler's time does not depend on the weights), with the Gradio floor; on a
+   CPU, 2 clients of 2 images on the tiny checkpoint. The detail has the summary lines: whether every round of
+   concurrent requests is within 3x a solo request's latency (the serving bound).
+On a machine without a GPU every step runs on the CPU, and the table says so. Exit status 1 if a step fails (for
+serving: a request failed; the bound is reported, not required).
 """
 import argparse
 import json
@@ -31,12 +37,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUMBER_TESTS = "tests/test_generator.py tests/test_autoencoder.py -k 'published or cached_sampling or bf16 or graphed'"
 
 
-def run(command, env=None, timeout=900):
-    """(ok, last lines of the output) of a command run in the repository."""
+def run(command, env=None, timeout=900, keep=None, width=160):
+    """(ok, lines of the output) of a command run in the repository: those that contain `keep` where it is given
+    and the command succeeded, else the last 3."""
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-    return done.returncode == 0, ' | '.join(line.strip()[:160] for line in tail)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    kept = [line for line in lines if keep in line] if keep and done.returncode == 0 else []
+    return done.returncode == 0, ' | '.join(line.strip()[:width] for line in kept or lines[-3:])
 
 
 def torchrun(*args):
@@ -101,12 +109,33 @@ def check_benchmark(device, work):
     return run([sys.executable, '-m', 'tools.benchmark', *flags, '--device', device])
 
 
+def check_serving(device, checkpoint, work):
+    """tools.load_test on the app: the issue's load on a GPU, a small one on the CPU."""
+    if device == 'cuda':
+        if not os.path.isfile(checkpoint):
+            ok, tail = run([sys.executable, 'main.py', '--config', 'configs/demo.yaml', '--output_dir',
+                            str(work / 'demo'), '--max_steps', '50', '--eval_freq', '0', '--showcase_images', '0'])
+            if not ok:
+                return False, f'training a demo-shaped checkpoint: {tail}'
+            checkpoint = str(work / 'demo' / 'checkpoint-last.pth')
+        load = ['--clients', '16', '--images', '16', '--rounds', '3', '--floor', '--model_alone']
+    else:
+        checkpoint = str(work / 'straight' / 'checkpoint-last.pth')
+        load = ['--clients', '2', '--images', '2', '--rounds', '1', '--solo', '2', '--model_alone']
+    ok, detail = run([sys.executable, '-m', 'tools.load_test', '--checkpoint', checkpoint, '--app_args',
+                      f'--device {device}', *load], keep='summary', width=400)
+    return ok, f'{checkpoint}: {detail}'
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--number_tests', default=NUMBER_TESTS, help='pytest arguments of step 1, as one string')
     parser.add_argument('--compile', choices=['auto', 'on', 'off'], default='auto',
                         help='--compile in the training step (auto: on a GPU, or on a CPU with a C++ compiler)')
+    parser.add_argument('--serving_checkpoint', default='outputs/demo/checkpoint-last.pth',
+                        help='the checkpoint of the serving step on a GPU (where it is missing: the demo config '
+                             'trained for 50 steps)')
     args = parser.parse_args(argv)
     where = (torch.cuda.get_device_name() if args.device == 'cuda'
              else 'CPU (no GPU on this machine: every step runs on the CPU)')
@@ -117,7 +146,8 @@ def main(argv=None):
         for name, check in (('numbers', lambda: check_numbers(args.device, args.number_tests)),
                             ('train', lambda: check_training(args.device, args.compile, work)),
                             ('sample npz', lambda: check_sampling(work)),
-                            ('benchmark', lambda: check_benchmark(args.device, work))):
+                            ('benchmark', lambda: check_benchmark(args.device, work)),
+                            ('serving', lambda: check_serving(args.device, args.serving_checkpoint, work))):
             start = time.perf_counter()
             ok, detail = check()
             rows.append((name, 'PASS' if ok else 'FAIL', time.perf_counter() - start, detail))

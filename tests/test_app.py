@@ -294,7 +294,8 @@ def test_the_app_reads_its_checkpoint_once_for_the_model_and_its_dataset(trained
 
 def test_without_a_checkpoint_the_page_says_which_command_makes_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    page = app.page_for(app.parse_args([]))
+    page, session = app.page_for(app.parse_args([]))
+    assert session is None
     assert app.DEMO_COMMAND in capsys.readouterr().err
     assert any(app.DEMO_COMMAND in str(getattr(block, 'value', '')) for block in page.blocks.values())
     with pytest.raises(SystemExit) as e:

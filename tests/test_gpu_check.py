@@ -13,6 +13,7 @@ def test_gpu_check_runs_on_the_cpu():
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert 'GPU check on CPU (no GPU on this machine' in done.stdout
-    for step in ('numbers', 'train', 'sample npz', 'benchmark'):
+    for step in ('numbers', 'train', 'sample npz', 'benchmark', 'serving'):
         assert f'| {step} | PASS |' in done.stdout
+    assert 'app: summary: solo p50 ' in done.stdout and '; 0 of 2 requests failed' in done.stdout
     assert 'resumed run differs by 0.0e+00' in done.stdout  # on a CPU the resumed run is exact

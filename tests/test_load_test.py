@@ -41,13 +41,17 @@ def test_gradio_cache_race_serves_both_kinds_and_files_never_fail(capsys):
     assert lines[-2].startswith('arrays: ') and ' of 8 requests failed' in lines[-2]
 
 
-def test_load_test_drives_the_floor_page_and_fetches_every_image(tmp_path, capsys, monkeypatch):
+def test_load_test_drives_the_floor_page_fetches_every_image_and_counts_a_failed_request(tmp_path, capsys,
+                                                                                           monkeypatch):
     pytest.importorskip('gradio_client')
     import httpx
     from tools import load_test
-    fetched, get = [], httpx.Client.get
+    fetched, get, fail_at = [], httpx.Client.get, []
 
     def counted(self, url, *a, **kw):
+        if len(fetched) in fail_at:
+            fail_at.clear()
+            raise httpx.ReadError('a download cut short, on purpose')
         response = get(self, url, *a, **kw)
         fetched.append((url, len(response.content)))
         return response
@@ -57,10 +61,17 @@ def test_load_test_drives_the_floor_page_and_fetches_every_image(tmp_path, capsy
     command = [sys.executable, '-m', 'tools.load_test', '--serve_floor', str(port), str(tmp_path)]
     with load_test.served(command, port, str(tmp_path / 'floor.log'), timeout=120) as (url, pid):
         load = load_test.Load(url, pid, args)
-        load_test.report('floor', load, args)
-    lines = capsys.readouterr().out.splitlines()
+        failed = load_test.report('floor', load, args)
+        lines, first = capsys.readouterr().out.splitlines(), list(fetched)
+        fail_at.append(len(fetched) + 3 * 3)  # the first fetch of the round, after the solo requests
+        failed_again = load_test.report('floor', load, args)
+    again = capsys.readouterr().out.splitlines()
     assert lines[0].startswith('floor: solo, 2 requests: latency p50 ')
     assert lines[1].startswith('floor: 3 clients at once, round 1: all done in ') and 'FAILED' not in lines[1]
+    assert lines[2].startswith('floor: summary: solo p50 ') and lines[2].endswith('; 0 of 3 requests failed')
+    assert failed == 0
     requests = (1 + 2) + 3  # solo, after one to warm up; the round
-    assert len(fetched) == 3 * requests and all(size > 0 for _, size in fetched)  # grid, GIF, maps of each
-    assert {url.rsplit('.', 1)[1] for url, _ in fetched} == {'png', 'gif'}
+    assert len(first) == 3 * requests and all(size > 0 for _, size in first)  # grid, GIF, maps of each
+    assert {url.rsplit('.', 1)[1] for url, _ in first} == {'png', 'gif'}
+    assert 'round 1' in again[1] and '1 FAILED, the first with ReadError: a download cut short' in again[1]
+    assert again[2].endswith('; 1 of 3 requests failed') and failed_again == 1

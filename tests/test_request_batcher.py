@@ -114,3 +114,17 @@ def test_progress_reaches_every_caller_in_its_own_thread():
     for thread in threads + callers:
         thread.join(10)
     assert seen == {'a': (2, callers[0]), 'b': (2, callers[1])}
+
+
+def test_without_its_own_thread_the_batches_run_in_the_thread_that_calls_work():
+    ran_in = []
+
+    def run_batch(key, items, progress):
+        ran_in.append(threading.get_ident())
+        return list(items)
+    before = threading.active_count()
+    batcher = RequestBatcher(run_batch, max_size=4, max_waiting=4, own_thread=False)
+    assert threading.active_count() == before  # no worker of its own
+    worker = threading.Thread(target=batcher.work, daemon=True)  # the app's main thread, here a stand-in
+    worker.start()
+    assert batcher.submit('k', 'a') == 'a' and ran_in == [worker.ident]

@@ -2,10 +2,12 @@
 one at a time and then from N clients at once, and print latency (p50 / p95), throughput and the sampler's own
 time (from the page's info line). A request is done when its three images are fetched too, into memory over a
 kept-alive connection as a browser fetches them (gradio_client's own downloads, which write each file to disk,
-took 2.3x the clients' CPU). Prints figures; writes nothing outside a temporary folder.
+took 2.3x the clients' CPU). Prints figures, and a summary line per server against the serving bounds; writes
+nothing outside a temporary folder; exit status 1 when a request failed.
 
     python -m tools.load_test --checkpoint outputs/demo/checkpoint-last.pth --clients 16 --images 16
     python -m tools.load_test --checkpoint ... --floor     # the same load against a page that does no work
+    python -m tools.load_test --checkpoint ... --model_alone   # and the model's own work for a round, alone
 
 --floor also serves, in its own process, a page with the app's Generate outputs that returns a fixed answer of
 the same sizes at once: what Gradio and the clients cost by themselves on this machine. The clients run in this
@@ -18,6 +20,7 @@ import contextlib
 import os
 import re
 import resource
+import shlex
 import socket
 import statistics
 import subprocess
@@ -154,8 +157,30 @@ def sampler_seconds(infos):
     return (sum(batches.values()), len(batches)) if batches else (None, 0)
 
 
-def report(name, load, args):
-    """Print the solo and concurrent figures of one server."""
+def model_alone(args):
+    """Median seconds of the app's model work (Session.run_batch: sampling, decoding, formation stages) in this
+    process, nothing else running, for one request and for the others of a round merged: {1: s, clients - 1: s}."""
+    import app
+    from models.sample_batches import sample_seeds
+    flags = app.parse_args(shlex.split(args.app_args))
+    session = app.load_session(args.checkpoint or app.DEMO_CHECKPOINT, flags.device, flags.use_ema, flags.precision)
+    settings = session.settings(args.schedule, args.cfg, args.cfg_start_step)
+    label = args.label or session.classes[0]
+
+    def seconds(requests):
+        items = [(session.label(label, args.images), sample_seeds(seed, range(args.images)))
+                 for seed in range(requests)]
+        times = []
+        for _ in range(4):  # the first warms up
+            times.append(session.run_batch(('generate', settings), items, None)[0][1].seconds)
+        return statistics.median(times[1:])
+    return {requests: seconds(requests) for requests in sorted({1, max(1, args.clients - 1)})}
+
+
+def report(name, load, args, alone=None):
+    """Print the solo and concurrent figures of one server, then a summary line against the serving bounds (solo
+    within 1 s + 3 x the sampler's time; every round within 3 x the solo p50); returns the number of failed
+    requests."""
     solo = load.solo(args.solo)
     latencies = [latency for latency, _ in solo]
     p50 = statistics.median(latencies)
@@ -167,6 +192,7 @@ def report(name, load, args):
         line += (f'; sampler {statistics.median(sampled):.3f} s; 1 s + 3 x sampler = {bound:.3f} s: '
                  f'{"holds" if p50 <= bound else "does not hold"}')
     print(line, flush=True)
+    walls, failures = [], 0
     for round_ in range(1, args.rounds + 1):
         wall, results, cpu, server = load.concurrent(args.clients)
         latencies = [latency for latency, _ in results if latency is not None]
@@ -180,6 +206,23 @@ def report(name, load, args):
         print(f'{name}: {args.clients} clients at once, round {round_}: all done in {wall:.2f} s '
               f'({len(latencies) * args.images / wall:.1f} images/s, {wall / p50:.1f}x the solo p50), {answered}'
               f'{sampler}; client CPU {cpu:.2f} s{server}{failed}', flush=True)
+        walls.append(wall)
+        failures += len(errors)
+    if walls:
+        within = max(walls) <= 3 * p50
+        print(f'{name}: summary: solo p50 {p50:.3f} s; {args.rounds} round(s) of {args.clients} clients all done in '
+              f'{min(walls):.2f}-{max(walls):.2f} s = {min(walls) / p50:.1f}-{max(walls) / p50:.1f}x the solo p50, '
+              f'within 3x: {"yes" if within else "no"}; {failures} of {args.rounds * args.clients} requests failed'
+              + (f'; the model\'s work alone for a round (1 request, then {args.clients - 1} merged) '
+                 f'{round_alone(alone, args.clients):.3f} s = {round_alone(alone, args.clients) / p50:.1f}x the solo '
+                 'p50' if alone else ''), flush=True)
+    return failures
+
+
+def round_alone(alone, clients):
+    """Seconds of a round's model work alone: the first request on its own, the rest merged (as the batcher
+    runs them when they arrive together)."""
+    return alone[1] + (alone[clients - 1] if clients > 1 else 0)
 
 
 def serve_floor(port, folder):
@@ -228,6 +271,8 @@ def parse_args(argv):
     p.add_argument('--label', help='the class (default: the first)')
     p.add_argument('--app_args', default='', help="more flags for app.py, e.g. '--precision auto --device cuda'")
     p.add_argument('--floor', action='store_true', help='also measure a page that does no work')
+    p.add_argument('--model_alone', action='store_true',
+                   help="first time the app's model work for a round in this process, nothing else running")
     p.add_argument('--startup_timeout', type=float, default=300)
     p.add_argument('--serve_floor', nargs=2, metavar=('PORT', 'FOLDER'), help=argparse.SUPPRESS)  # --floor's server
     return p.parse_args(argv)
@@ -244,13 +289,20 @@ def main(argv=None):
         servers.append(('floor', [sys.executable, '-m', 'tools.load_test']))
     print(f'{args.images} images per request, schedule {args.schedule}, cfg {args.cfg:g} from step '
           f'{args.cfg_start_step}; server and clients on {cpu_name()} ({os.cpu_count()} cores)', flush=True)
+    alone = model_alone(args) if args.model_alone else None
+    if alone:
+        print('model alone, in this process before the servers start (Session.run_batch, medians of 3): '
+              + ', '.join(f'{requests} request(s) of {args.images} images {seconds:.3f} s'
+                          for requests, seconds in alone.items()), flush=True)
+    failures = 0
     with tempfile.TemporaryDirectory(prefix='load-test-', ignore_cleanup_errors=True) as folder:
         for name, command in servers:
             port = free_port()
             command += ['--serve_floor', str(port), folder] if name == 'floor' else ['--port', str(port)]
             with served(command, port, os.path.join(folder, f'{name}.log'), args.startup_timeout) as (url, pid):
-                report(name, Load(url, pid, args), args)
+                failures += report(name, Load(url, pid, args), args, alone if name == 'app' else None)
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

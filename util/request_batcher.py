@@ -8,6 +8,11 @@ up to a size bound, and runs them as one batch.
 run_batch(key, items, progress) returns one result per item; progress(*args) reaches every caller of the batch
 (on_progress, in the caller's thread). When a merged batch raises, each of its requests is run again on its own,
 so a bad request gets its own error and the others their results.
+
+With own_thread=False the owner runs batcher.work() in a thread of its choosing: the app runs it in its main
+thread, where it loaded the model, because torch's OpenMP (libgomp) keeps a pool of threads for every thread that
+runs parallel work, and once more pool threads exist than CPU cores all of them stop spinning between operations
+(2x slower sampling on a 2-core CPU, docs/benchmarks.md).
 """
 import queue
 import threading
@@ -32,15 +37,17 @@ class Request:
 
 class RequestBatcher:
     """One worker thread that runs waiting requests in batches of one key and at most max_size in all (a request
-    larger than max_size runs alone); at most max_waiting requests wait, beyond that submit raises QueueFull."""
+    larger than max_size runs alone); at most max_waiting requests wait, beyond that submit raises QueueFull. The
+    worker is a thread of its own, or with own_thread=False whichever thread calls work()."""
 
-    def __init__(self, run_batch, max_size, max_waiting):
+    def __init__(self, run_batch, max_size, max_waiting, own_thread=True):
         if max_size < 1 or max_waiting < 1:
             raise ValueError(f'max_size and max_waiting must be >= 1, got {max_size} and {max_waiting}')
         self.run_batch, self.max_size, self.max_waiting = run_batch, max_size, max_waiting
         self.waiting = []  # Requests in arrival order
         self.changed = threading.Condition()
-        threading.Thread(target=self._work, name='request-batcher', daemon=True).start()
+        if own_thread:
+            threading.Thread(target=self.work, name='request-batcher', daemon=True).start()
 
     def submit(self, key, item, size=1, on_progress=None):
         """Run item in a batch of key; blocks until it is done. Returns its result or raises its error."""
@@ -75,7 +82,8 @@ class RequestBatcher:
             self.waiting = [r for r in self.waiting if r not in batch]
             return batch
 
-    def _work(self):
+    def work(self):
+        """Run batches as requests come, forever: the worker's loop."""
         while True:
             self._run(self.next_batch())
 
