@@ -163,7 +163,8 @@ def model_alone(args):
     import app
     from models.sample_batches import sample_seeds
     flags = app.parse_args(shlex.split(args.app_args))
-    session = app.load_session(args.checkpoint or app.DEMO_CHECKPOINT, flags.device, flags.use_ema, flags.precision)
+    session = app.load_session(args.checkpoint or app.DEMO_CHECKPOINT, flags.device, flags.use_ema, flags.precision,
+                               own_thread=False)  # run_batch is called here, no worker needed
     settings = session.settings(args.schedule, args.cfg, args.cfg_start_step)
     label = args.label or session.classes[0]
 
@@ -210,12 +211,12 @@ def report(name, load, args, alone=None):
         failures += len(errors)
     if walls:
         within = max(walls) <= 3 * p50
+        model = round_alone(alone, args.clients) if alone else None
         print(f'{name}: summary: solo p50 {p50:.3f} s; {args.rounds} round(s) of {args.clients} clients all done in '
               f'{min(walls):.2f}-{max(walls):.2f} s = {min(walls) / p50:.1f}-{max(walls) / p50:.1f}x the solo p50, '
               f'within 3x: {"yes" if within else "no"}; {failures} of {args.rounds * args.clients} requests failed'
-              + (f'; the model\'s work alone for a round (1 request, then {args.clients - 1} merged) '
-                 f'{round_alone(alone, args.clients):.3f} s = {round_alone(alone, args.clients) / p50:.1f}x the solo '
-                 'p50' if alone else ''), flush=True)
+              + (f'; the model\'s work alone for a round (1 request, then {args.clients - 1} merged) {model:.3f} s '
+                 f'= {model / p50:.1f}x the solo p50' if alone else ''), flush=True)
     return failures
 
 
