@@ -198,7 +198,8 @@ class Session:
     def sample_batch(self, settings, items, progress):
         """Items (labels (n,) or None, n seeds) sampled as one batch; each one's (SampleOutput with its top scale
         decoded, the formation stages of its sample 0, the grid of its samples), decoded on its own as a solo
-        request decodes it, so that its pixels do not depend on the batch."""
+        request decodes it, so that its pixels do not depend on the batch (the decoder's rows do depend on the
+        batch they are decoded in: docs/benchmarks.md, 2026-12-07, third session)."""
         labels = None if items[0][0] is None else torch.cat([labels for labels, _ in items])
         seeds = [seed for _, item_seeds in items for seed in item_seeds]
         out = self.model.sample(settings, labels=labels, batch_size=len(seeds), seeds=seeds, decode='none',
