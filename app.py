@@ -197,9 +197,10 @@ class Session:
 
     def sample_batch(self, settings, items, progress):
         """Items (labels (n,) or None, n seeds) sampled as one batch; each one's (SampleOutput with its top scale
-        decoded, the formation stages of its sample 0, the grid of its samples), decoded on its own as a solo
-        request decodes it, so that its pixels do not depend on the batch (the decoder's rows do depend on the
-        batch they are decoded in: docs/benchmarks.md, 2026-12-07, third session)."""
+        decoded, the formation stages of its sample 0, the grid of its samples, its samples (n, S, S, 3) uint8),
+        decoded on its own as a solo request decodes it, so that its pixels do not depend on the batch (the
+        decoder's rows do depend on the batch they are decoded in: docs/benchmarks.md, 2026-12-07, third
+        session)."""
         labels = None if items[0][0] is None else torch.cat([labels for labels, _ in items])
         seeds = [seed for _, item_seeds in items for seed in item_seeds]
         out = self.model.sample(settings, labels=labels, batch_size=len(seeds), seeds=seeds, decode='none',
@@ -209,8 +210,9 @@ class Session:
             part = slice(first, first + len(item_seeds))
             own = SampleOutput(codes=[c[part] for c in out.codes], images=[],
                                maps={k: [m[part] for m in v] for k, v in out.maps.items()})
-            decode_scales(self.model, own, 'top')
-            parts.append((own, main_sample.sample_stages(self.model, own), main_sample.samples_grid(own.images[-1])))
+            images = decode_scales(self.model, own, 'top').images[-1]
+            parts.append((own, main_sample.sample_stages(self.model, own), main_sample.samples_grid(images),
+                          to_uint8(images)))
             first = part.stop
         return parts
 
@@ -238,17 +240,17 @@ class Session:
         if not 0 <= int(seed) < MAX_BASE_SEED:
             raise ConfigError(f'seed must be in 0..{MAX_BASE_SEED - 1}, got {seed}')
         sides = self.model.sides
-        (out, stages, grid), info = self.batcher.submit(
+        (out, stages, grid, pixels), info = self.batcher.submit(
             ('generate', settings), (self.label(label, n), sample_seeds(int(seed), range(n))), size=n,
             on_progress=lambda i: progress((i + 1) / len(sides), desc=f'scale {sides[i]}x{sides[i]} drawn'))
         gif = self.files.new('.gif')  # the rest is numpy and PIL work (and indexing), in this request's thread
         with open(gif, 'wb') as f:
             write_gif(formation_frames(*stages), f)
-        image = to_uint8(out.images[-1][int(shown)][None])[0]
         maps = main_sample.sample_maps(out, int(shown))
         text = (f'{n} image(s), {out.num_steps} serial steps ({settings.describe()}); '
                 f'{info.describe(self.device)}')
-        maps_png = self.files.png(maps_image(image, maps['step'], maps['prob'], maps['entropy'], self.model.vocab_size))
+        maps_png = self.files.png(maps_image(pixels[int(shown)], maps['step'], maps['prob'], maps['entropy'],
+                                             self.model.vocab_size))
         return self.files.png(grid), gif, maps_png, text
 
     @in_page
